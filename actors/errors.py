@@ -1,0 +1,125 @@
+"""The one exception tree of the job system.
+
+Each class's docstring is its default message; the web layer maps classes to
+HTTP statuses in one table (``web/errors.py``)::
+
+    QueueError
+    ├── SettingsError            bad configuration (names every bad variable)
+    ├── SubmissionRefused        a job was not accepted
+    │   ├── QueueFull            the kind's waiting queue is at its bound
+    │   ├── MemoryPressure       memory is above QUEUE_MAX_MEMORY_MB
+    │   ├── ShuttingDown         the system is draining or stopped
+    │   └── DuplicateJob         the same work is already queued or running
+    ├── JobNotFound              no such job (or not yours)
+    ├── JobStateConflict         the job's state does not allow the operation
+    └── JobSystemUnavailable     an actor did not answer in time
+
+    CallFailed                   one attempt at the Python API failed (data for retries)
+    ├── RetryableCallFailure     5xx, 408, 429, connection errors, timeouts
+    │   └── DeadlineExceeded     the attempt ran past QUEUE_JOB_TIMEOUT_MS
+    └── PermanentCallFailure     other 4xx, "processing failed" answers
+
+``CallFailed`` is not a ``QueueError``: it never leaves a worker as an
+exception; workers turn it into a ``JobFailed`` message.
+"""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """The job system refused or failed an operation."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return str(self.args[0])
+
+
+class SettingsError(QueueError):
+    """The configuration is invalid."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+class SubmissionRefused(QueueError):
+    """The job was not accepted."""
+
+    retry_after_s: float = 5.0
+
+
+class QueueFull(SubmissionRefused):
+    """The waiting queue for this kind of job is full; try again later."""
+
+    retry_after_s = 30.0
+
+
+class MemoryPressure(SubmissionRefused):
+    """Memory is above its limit; new video jobs are refused until it falls."""
+
+    retry_after_s = 60.0
+
+
+class ShuttingDown(SubmissionRefused):
+    """The job system is shutting down and accepts no new jobs."""
+
+    retry_after_s = 10.0
+
+
+class DuplicateJob(SubmissionRefused):
+    """The same work is already queued or processing."""
+
+    def __init__(self, existing_job_id: str, message: str | None = None) -> None:
+        self.existing_job_id = existing_job_id
+        super().__init__(message)
+
+
+class JobNotFound(QueueError):
+    """No such job."""
+
+
+class JobStateConflict(QueueError):
+    """The job's current state does not allow this operation."""
+
+
+class JobSystemUnavailable(QueueError):
+    """The job system did not answer in time."""
+
+
+class CallFailed(Exception):
+    """One attempt at the Python API failed."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return str(self.args[0])
+
+
+class RetryableCallFailure(CallFailed):
+    """The Python API failed in a way that may pass on a later attempt."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(RetryableCallFailure):
+    """The attempt ran past its hard deadline and was cut."""
+
+
+class PermanentCallFailure(CallFailed):
+    """The Python API refused the job in a way it will repeat."""
