@@ -20,12 +20,12 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 
-class JobKind(str, Enum):
+class JobKind(StrEnum):
     """What a job asks the Python API to do."""
 
     VIDEO = "video"
@@ -34,7 +34,7 @@ class JobKind(str, Enum):
     """Answer one question (seconds, a person is waiting)."""
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a job is in its life."""
 
     QUEUED = "queued"

@@ -1,0 +1,335 @@
+"""The Dispatcher actor: one global order across kinds, per-kind slots, retries, pauses.
+
+It owns the waiting order, the worker pools and the retry timers; the
+JobRegistry owns the records, and is told of every state change. Every
+decision happens on this actor's thread, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.jobs import Job, JobKind, JobState
+from actors.messages import (
+    CancelJob,
+    Drain,
+    Enqueue,
+    EstimateWait,
+    Inspect,
+    JobFailed,
+    JobSucceeded,
+    Pause,
+    QueuePosition,
+    Resume,
+    RetryDue,
+    RunJob,
+    StopWorkers,
+    Transition,
+    WorkerCrashed,
+)
+from actors.pool import WorkerPool
+from actors.python_api import PythonApiClient
+from actors.scheduling import DurationEstimate, WaitingQueue, backoff_delay_s, estimate_wait_s
+from actors.settings import Settings
+from actors.timers import Clock, TimerHandle, TimerService
+from actors.tracked import TrackedActor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DURATION_S = {JobKind.VIDEO: 180.0, JobKind.QA: 10.0}
+"""Duration estimates used until real attempts have been observed."""
+
+
+@dataclass
+class _Running:
+    job: Job
+    worker_id: str
+    started: float
+
+
+class Dispatcher(TrackedActor):
+    """Chooses the next job, hands it to a free worker, and decides what follows its attempt."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: pykka.ActorRef[Any],
+        client: PythonApiClient,
+        timers: TimerService,
+        clock: Clock,
+        rng: random.Random | None = None,
+        threads: list[threading.Thread] | None = None,
+    ) -> None:
+        super().__init__(threads=threads)
+        self.settings = settings
+        self.registry = registry
+        self.client = client
+        self.timers = timers
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.waiting = WaitingQueue(settings.aging_s)
+        self.running: dict[str, _Running] = {}
+        self.retrying: dict[str, tuple[Job, TimerHandle]] = {}
+        self.paused: dict[JobKind, set[str]] = {kind: set() for kind in JobKind}
+        self.durations = {kind: DurationEstimate(DEFAULT_DURATION_S[kind]) for kind in JobKind}
+        self.pools: dict[JobKind, WorkerPool] = {}
+        self.draining = False
+        self._idle_events: list[threading.Event] = []
+
+    def __repr__(self) -> str:
+        return (f"<Dispatcher waiting={len(self.waiting)} running={len(self.running)}"
+                f" retrying={len(self.retrying)} paused={self._paused_kinds()}>")
+
+    def on_start(self) -> None:
+        """Start one worker pool per kind, sized by its concurrency limit."""
+        super().on_start()
+        for kind in JobKind:
+            pool = WorkerPool(
+                kind,
+                self.settings.limits(kind).max_concurrent,
+                dispatcher=self.actor_ref,
+                client=self.client,
+                clock=self.clock,
+                max_restarts=self.settings.worker_max_restarts,
+                restart_window_s=self.settings.worker_restart_window_s,
+                threads=self._threads,
+            )
+            pool.start()
+            self.pools[kind] = pool
+
+    def on_stop(self) -> None:
+        """Stop anything still running (normally the facade has stopped the workers)."""
+        for pool in self.pools.values():
+            pool.stop(timeout_s=1.0)
+        for _, handle in self.retrying.values():
+            handle.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        """Route one message."""
+        match message:
+            case Enqueue(job=job):
+                self.waiting.push(job)
+                self._dispatch()
+            case JobSucceeded():
+                self._on_succeeded(message)
+            case JobFailed():
+                self._on_failed(message)
+            case WorkerCrashed():
+                self._on_crashed(message)
+            case RetryDue(job_id=job_id):
+                self._on_retry_due(job_id)
+            case CancelJob(job_id=job_id):
+                return self._cancel(job_id)
+            case Pause(kind=kind, reason=reason):
+                self._pause(kind, reason)
+            case Resume(kind=kind, reason=reason):
+                self._resume(kind, reason)
+            case QueuePosition(job_id=job_id):
+                return self._position(job_id)
+            case EstimateWait(kind=kind, position=position):
+                return self._estimate(kind, position)
+            case Drain(idle=idle):
+                self.draining = True
+                self._idle_events.append(idle)
+                self._check_idle()
+            case StopWorkers(timeout_s=timeout_s):
+                # Workers only ever tell the Dispatcher, never ask it, so waiting on
+                # their stop here cannot deadlock.
+                self.draining = True
+                for pool in self.pools.values():
+                    pool.stop(timeout_s)
+            case Inspect():
+                return self._inspect()
+            case _:
+                return super().on_receive(message)
+        return None
+
+    # --- dispatching ---------------------------------------------------------------
+
+    def _dispatchable_kinds(self) -> list[JobKind]:
+        return [
+            kind for kind, pool in self.pools.items()
+            if pool.has_idle and not self.paused[kind] and self.waiting.count(kind)
+        ]
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs while some kind has both a waiting job and a free slot."""
+        while not self.draining:
+            kinds = self._dispatchable_kinds()
+            if not kinds:
+                return
+            job = self.waiting.pop_next(kinds, self.clock.time())
+            if job is None:
+                return
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        attempt = job.attempts + 1
+        now = self.clock.time()
+        job = job.replace(state=JobState.PROCESSING, attempts=attempt, started_at=now)
+        worker_id, worker = self.pools[job.kind].acquire(job.id)
+        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic())
+        self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
+                                      attempts=attempt))
+        logger.info("job %s (%s) attempt %d/%d started on %s", job.id, job.kind.value,
+                    attempt, job.max_attempts, worker_id)
+        worker.tell(RunJob(job_id=job.id, data=job.data, attempt=attempt,
+                           timeout_s=self.settings.job_timeout_s))
+
+    # --- outcomes ------------------------------------------------------------------
+
+    def _finish_attempt(self, job_id: str, worker_id: str) -> _Running | None:
+        entry = self.running.pop(job_id, None)
+        if entry is None:
+            logger.warning("outcome for unknown job %s from %s ignored", job_id, worker_id)
+            return None
+        self.pools[entry.job.kind].release(worker_id)
+        return entry
+
+    def _on_succeeded(self, message: JobSucceeded) -> None:
+        entry = self._finish_attempt(message.job_id, message.worker_id)
+        if entry is not None:
+            self.durations[entry.job.kind].observe(message.duration_s)
+            self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
+                                          at=self.clock.time(), result=message.result))
+            logger.info("job %s completed in %.2fs", message.job_id, message.duration_s)
+        self._after_outcome()
+
+    def _on_failed(self, message: JobFailed) -> None:
+        entry = self._finish_attempt(message.job_id, message.worker_id)
+        if entry is not None:
+            error = f"{message.error_type}: {message.error}"
+            self._retry_or_fail(entry.job, error, message.retryable, message.retry_after_s)
+        self._after_outcome()
+
+    def _on_crashed(self, message: WorkerCrashed) -> None:
+        pool = next((p for p in self.pools.values() if p.owns(message.worker_id)), None)
+        if pool is not None:
+            pool.replace(message.worker_id, allowed=not self.draining)
+        entry = self.running.pop(message.job_id, None) if message.job_id else None
+        if entry is not None:
+            # The crash killed an attempt: it counts, and the job is retried if it may be.
+            self._retry_or_fail(entry.job, f"WorkerCrashed: {message.error}", True, None)
+        self._after_outcome()
+
+    def _retry_or_fail(self, job: Job, error: str, retryable: bool,
+                       retry_after_s: float | None) -> None:
+        now = self.clock.time()
+        if retryable and job.attempts < job.max_attempts:
+            delay = backoff_delay_s(
+                job.attempts,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                jitter=self.settings.backoff_jitter,
+                retry_after_s=retry_after_s,
+                rng=self.rng,
+            )
+            retry = job.replace(state=JobState.RETRYING, last_error=error,
+                                next_attempt_at=now + delay)
+            handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
+            self.retrying[job.id] = (retry, handle)
+            self.registry.tell(Transition(job_id=job.id, target=JobState.RETRYING, at=now,
+                                          error=error, next_attempt_at=now + delay,
+                                          retry_delay_s=delay))
+            logger.info("job %s attempt %d failed (%s); retry in %.2fs", job.id, job.attempts,
+                        error, delay)
+        else:
+            why = "permanent failure" if not retryable else "attempts used up"
+            self.registry.tell(Transition(job_id=job.id, target=JobState.FAILED, at=now,
+                                          error=error))
+            logger.warning("job %s failed after %d attempt(s), %s: %s", job.id, job.attempts,
+                           why, error)
+
+    def _on_retry_due(self, job_id: str) -> None:
+        pending = self.retrying.pop(job_id, None)
+        if pending is None:
+            return  # cancelled meanwhile
+        job = pending[0].replace(state=JobState.QUEUED, next_attempt_at=None)
+        self.registry.tell(Transition(job_id=job_id, target=JobState.QUEUED, at=self.clock.time()))
+        self.waiting.push(job)
+        self._dispatch()
+
+    def _after_outcome(self) -> None:
+        self._dispatch()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.draining and not self.running:
+            for event in self._idle_events:
+                event.set()
+            self._idle_events.clear()
+
+    # --- control -------------------------------------------------------------------
+
+    def _cancel(self, job_id: str) -> bool:
+        job = self.waiting.remove(job_id)
+        if job is None and job_id in self.retrying:
+            job, handle = self.retrying.pop(job_id)
+            handle.cancel()
+        if job is None:
+            return False
+        self.registry.tell(Transition(job_id=job_id, target=JobState.CANCELLED,
+                                      at=self.clock.time()))
+        logger.info("job %s cancelled", job_id)
+        return True
+
+    def _pause(self, kind: JobKind, reason: str) -> None:
+        if reason not in self.paused[kind]:
+            self.paused[kind].add(reason)
+            logger.warning("%s dispatch paused (%s)", kind.value, reason)
+
+    def _resume(self, kind: JobKind, reason: str) -> None:
+        if reason in self.paused[kind]:
+            self.paused[kind].discard(reason)
+            left = sorted(self.paused[kind])
+            logger.warning("%s dispatch: %s pause lifted%s", kind.value, reason,
+                           f", still paused by {left}" if left else "; resumed")
+            self._dispatch()
+
+    def _paused_kinds(self) -> list[str]:
+        return [kind.value for kind, reasons in self.paused.items() if reasons]
+
+    # --- questions -----------------------------------------------------------------
+
+    def _estimate(self, kind: JobKind, position: int) -> float:
+        running = sum(1 for entry in self.running.values() if entry.job.kind == kind)
+        return estimate_wait_s(position, running=running, slots=self.pools[kind].size,
+                               duration_s=self.durations[kind].seconds)
+
+    def _position(self, job_id: str) -> tuple[int, float] | None:
+        position = self.waiting.position(job_id, self.clock.time())
+        if position is None:
+            return None
+        kind = next(j.kind for j in self.waiting.jobs() if j.id == job_id)
+        return position, self._estimate(kind, position)
+
+    def _inspect(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        kinds: dict[str, Any] = {}
+        for kind in JobKind:
+            kinds[kind.value] = {
+                "waiting": self.waiting.count(kind),
+                "running": sum(1 for e in self.running.values() if e.job.kind == kind),
+                "retrying": sum(1 for j, _ in self.retrying.values() if j.kind == kind),
+                "paused": bool(self.paused[kind]),
+                "pause_reasons": sorted(self.paused[kind]),
+                "avg_duration_s": self.durations[kind].value_s,
+            }
+        return {
+            "draining": self.draining,
+            "kinds": kinds,
+            "running_jobs": [
+                {"job_id": job_id, "kind": e.job.kind.value, "worker": e.worker_id,
+                 "attempt": e.job.attempts, "age_s": round(now - e.started, 3)}
+                for job_id, e in self.running.items()
+            ],
+            "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},
+        }
+

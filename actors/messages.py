@@ -1,0 +1,223 @@
+"""Every message between the actors: frozen, slotted, keyword-only dataclasses.
+
+Commands are imperative (``AddJob``, ``RunJob``, ``Pause``); events are past
+tense (``JobSucceeded``, ``JobFailed``, ``WorkerCrashed``). Fields hold
+immutable values (jobs are frozen, data is frozen with ``jobs.freeze``),
+because pykka passes messages by reference. A few messages carry a
+``threading.Event``: a synchronisation handle, never mutated state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from actors.jobs import Job, JobKind, JobState
+
+# --- JobRegistry ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddJob:
+    """Admit and store a new job (ask); replies the stored job or a ``SubmissionRefused``."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    """Move a job to ``target`` (tell); illegal moves are refused and logged."""
+
+    job_id: str
+    target: JobState
+    at: float
+    attempts: int | None = None
+    error: str | None = None
+    result: Mapping[str, Any] | None = None
+    next_attempt_at: float | None = None
+    retry_delay_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequeueFailed:
+    """Give a failed job a fresh attempt budget and queue it again (ask)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetJob:
+    """Return one job or ``None`` (ask)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListJobs:
+    """Return jobs matching the filters, newest first (ask)."""
+
+    kind: JobKind | None = None
+    state: JobState | None = None
+    owner: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetAdmission:
+    """Refuse (or accept again) new jobs of ``kind`` because of memory pressure (tell)."""
+
+    kind: JobKind
+    refused: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrimHistory:
+    """Drop the oldest finished jobs down to ``keep_fraction`` of them (tell)."""
+
+    keep_fraction: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PurgeExpired:
+    """Remove finished jobs past their retention (tell, from a timer)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachDispatcher:
+    """Tell the registry where accepted jobs go (tell, once at start)."""
+
+    dispatcher: Any
+
+
+# --- Dispatcher ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueue:
+    """Put a stored, queued job in the waiting order (tell, from the registry)."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelJob:
+    """Withdraw a waiting or retrying job (ask); replies ``True`` if it was withdrawn."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """Stop dispatching jobs of ``kind`` for ``reason`` (tell or ask)."""
+
+    kind: JobKind
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Withdraw one pause ``reason`` for ``kind`` (tell or ask)."""
+
+    kind: JobKind
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePosition:
+    """Return ``(position, estimated_wait_s)`` of a waiting job, or ``None`` (ask)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EstimateWait:
+    """Return the estimated wait in seconds for ``position`` in ``kind``'s queue (ask)."""
+
+    kind: JobKind
+    position: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryDue:
+    """A retry's backoff has passed (tell, from a timer)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Drain:
+    """Stop dispatching and set ``idle`` once no job is running (ask)."""
+
+    idle: threading.Event
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopWorkers:
+    """Stop every worker actor and wait for them (ask, at shutdown)."""
+
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSucceeded:
+    """A worker finished an attempt with a result (tell)."""
+
+    job_id: str
+    worker_id: str
+    result: Mapping[str, Any]
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFailed:
+    """A worker's attempt failed; failure is data (tell)."""
+
+    job_id: str
+    worker_id: str
+    error_type: str
+    error: str
+    retryable: bool
+    duration_s: float
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerCrashed:
+    """A worker actor died (tell, from the dying worker)."""
+
+    worker_id: str
+    job_id: str | None
+    error: str
+
+
+# --- Workers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunJob:
+    """Run one attempt of a job against the Python API (tell)."""
+
+    job_id: str
+    data: Mapping[str, Any]
+    attempt: int
+    timeout_s: float
+
+
+# --- MemoryWatchdog ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckMemory:
+    """Take one memory reading and act on it (tell from the timer, or ask from outside)."""
+
+    scheduled: bool = False
+
+
+# --- Everyone ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inspect:
+    """Return this actor's state as plain data (ask)."""

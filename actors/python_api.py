@@ -1,0 +1,267 @@
+"""The client of the Python API (DESIGN.md §4), shared by every worker.
+
+One ``requests.Session`` with a connection pool serves all workers. Each job
+call has a hard deadline: a read timeout alone resets with every byte, so a
+response that trickles in would never time out. At the deadline the call's
+socket is shut down from the timer thread, which wakes the blocked read at
+once; the worker then reports ``DeadlineExceeded``. The slot stays held until
+that happens, because the worker only reports after its call has returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from actors.errors import (
+    CallFailed,
+    DeadlineExceeded,
+    PermanentCallFailure,
+    RetryableCallFailure,
+)
+from actors.jobs import thaw
+from actors.timers import TimerService
+
+logger = logging.getLogger(__name__)
+
+_active_connections: dict[int, HTTPConnection] = {}
+"""The connection each thread is using right now, so a deadline can cut it."""
+
+
+class _TrackedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _active_connections[threading.get_ident()] = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _active_connections[threading.get_ident()] = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """An adapter whose connections register themselves, so they can be cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _TrackedHTTPPool,
+            "https": _TrackedHTTPSPool,
+        }
+
+
+class _Call:
+    """One call in flight on one thread; ``cut`` shuts its socket down once."""
+
+    def __init__(self) -> None:
+        self.thread_id = threading.get_ident()
+        self.lock = threading.Lock()
+        self.done = False
+        self.cut_reason: str | None = None
+
+    def cut(self, reason: str) -> None:
+        with self.lock:
+            if self.done or self.cut_reason is not None:
+                return
+            self.cut_reason = reason
+            conn = _active_connections.get(self.thread_id)
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                # Already closed means the call is ending anyway.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+            _active_connections.pop(self.thread_id, None)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return the seconds a ``Retry-After`` header asks for (delta or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, Mapping):
+        return str(body.get("detail") or body.get("message") or body.get("error") or body)[:200]
+    return str(body)[:200]
+
+
+class PythonApiClient:
+    """Calls the Python API: process a video, answer a question, read health and memory."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timers: TimerService,
+        connect_timeout_s: float = 5.0,
+        pool_size: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout_s = connect_timeout_s
+        self._timers = timers
+        self._session = requests.Session()
+        adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._calls: set[_Call] = set()
+        self._calls_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<PythonApiClient {self.base_url} in_flight={len(self._calls)}>"
+
+    def process_video(self, data: Mapping[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """Process one video; return the Python API's ``result`` object.
+
+        Raises:
+            CallFailed: classified as retryable or permanent.
+        """
+        body = {
+            key: data[key]
+            for key in ("video_url", "company_name", "source", "meeting_link", "bucket_name")
+            if data.get(key) is not None
+        }
+        company = quote(str(data.get("company_name", "")), safe="")
+        answer = self._post(f"/process-video/{company}", body, timeout_s)
+        result = answer.get("result")
+        if answer.get("success") is not True or not isinstance(result, Mapping):
+            # success: true with result: null is the Python API's "processing failed".
+            message = answer.get("message") or answer.get("detail") or "no result"
+            raise PermanentCallFailure(f"video processing failed: {message}")
+        if result.get("success") is False:
+            raise PermanentCallFailure(f"video processing failed: {result.get('error', result)}")
+        return dict(result)
+
+    def ask_question(self, data: Mapping[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """Answer one question; return ``{answer, sources, video_url, start, end}``.
+
+        Raises:
+            CallFailed: classified as retryable or permanent.
+        """
+        body = {"question": data.get("question"), "company_name": data.get("company_name")}
+        answer = self._post("/ask-question", body, timeout_s)
+        if answer.get("success") is not True or not answer.get("answer"):
+            message = answer.get("detail") or answer.get("message") or "no answer"
+            raise PermanentCallFailure(f"question answering failed: {message}")
+        return {
+            key: answer.get(key) for key in ("answer", "sources", "video_url", "start", "end")
+        }
+
+    def memory_status(self, *, timeout_s: float) -> dict[str, Any]:
+        """Read ``/memory-status``; raises ``requests.RequestException`` on silence."""
+        return self._get("/memory-status", timeout_s)
+
+    def health(self, *, timeout_s: float) -> dict[str, Any]:
+        """Read ``/health``; raises ``requests.RequestException`` on silence."""
+        return self._get("/health", timeout_s)
+
+    def shutdown(self) -> int:
+        """Refuse new job calls and cut those in flight; return how many were cut."""
+        with self._calls_lock:
+            self._closed = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cut("shutting down")
+        return len(calls)
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+    def _get(self, path: str, timeout_s: float) -> dict[str, Any]:
+        response = self._session.get(self.base_url + path, timeout=timeout_s)
+        with response:
+            response.raise_for_status()
+            body = response.json()
+        if not isinstance(body, dict):
+            raise ValueError(f"{path} answered {type(body).__name__}, not an object")
+        return body
+
+    def _post(self, path: str, body: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        call = _Call()
+        with self._calls_lock:
+            if self._closed:
+                raise RetryableCallFailure(f"{path} not called: shutting down")
+            self._calls.add(call)
+        deadline = self._timers.call_later(timeout_s, lambda: call.cut("deadline"))
+        try:
+            response = self._session.post(
+                self.base_url + path,
+                json=thaw(body),
+                timeout=(min(self.connect_timeout_s, timeout_s), timeout_s),
+            )
+            with response:
+                return self._classify(path, response)
+        except CallFailed:
+            raise
+        except (requests.RequestException, OSError) as exc:
+            if call.cut_reason == "deadline":
+                raise DeadlineExceeded(f"{path} exceeded the {timeout_s:g}s deadline") from exc
+            if call.cut_reason is not None:
+                raise RetryableCallFailure(f"{path} cut: {call.cut_reason}") from exc
+            if isinstance(exc, requests.Timeout):
+                raise DeadlineExceeded(f"{path} timed out after {timeout_s:g}s") from exc
+            raise RetryableCallFailure(f"{path} unreachable: {type(exc).__name__}") from exc
+        finally:
+            deadline.cancel()
+            call.finish()
+            with self._calls_lock:
+                self._calls.discard(call)
+
+    @staticmethod
+    def _classify(path: str, response: requests.Response) -> dict[str, Any]:
+        status = response.status_code
+        if status == 429 or status == 408 or status >= 500:
+            raise RetryableCallFailure(
+                f"{path} answered {status}: {_detail(response)}",
+                status=status,
+                retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 400:
+            raise PermanentCallFailure(f"{path} answered {status}: {_detail(response)}",
+                                       status=status)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise RetryableCallFailure(f"{path} answered {status} with invalid JSON",
+                                       status=status) from exc
+        if not isinstance(body, dict):
+            raise PermanentCallFailure(f"{path} answered a {type(body).__name__}, not an object")
+        return body

@@ -1,0 +1,257 @@
+"""The JobRegistry actor: the one owner of job records and of their legal transitions.
+
+It admits new jobs (queue bounds, duplicates, memory-pressure refusals),
+writes every change through to its ``JobStore``, keeps counts per kind and
+state without scanning, and removes finished jobs past their retention.
+Refusals are returned as exception *values* (the facade raises them), so a
+routine "queue full" is not logged as a traceback by pykka.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import Counter, deque
+from typing import Any
+
+import pykka
+
+from actors.errors import (
+    DuplicateJob,
+    JobNotFound,
+    JobStateConflict,
+    MemoryPressure,
+    QueueError,
+    QueueFull,
+)
+from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, is_legal
+from actors.messages import (
+    AddJob,
+    AttachDispatcher,
+    Enqueue,
+    GetJob,
+    Inspect,
+    ListJobs,
+    PurgeExpired,
+    RequeueFailed,
+    SetAdmission,
+    Transition,
+    TrimHistory,
+)
+from actors.settings import Settings
+from actors.store import JobStore
+from actors.timers import Clock, TimerService
+from actors.tracked import TrackedActor
+
+logger = logging.getLogger(__name__)
+
+
+class JobRegistry(TrackedActor):
+    """Holds every job record; applies only legal state transitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: JobStore,
+        timers: TimerService,
+        clock: Clock,
+        threads: list[threading.Thread] | None = None,
+    ) -> None:
+        super().__init__(threads=threads)
+        self.settings = settings
+        self.store = store
+        self.timers = timers
+        self.clock = clock
+        self.dispatcher: pykka.ActorRef[Any] | None = None
+        self.counts: Counter[tuple[JobKind, JobState]] = Counter()
+        self.active_keys: dict[str, str] = {}  # dedupe key -> id of the active job
+        self.finished: deque[tuple[float, str]] = deque()  # (finished_at, id), oldest first
+        self.refused: set[JobKind] = set()
+        self.illegal_transitions = 0
+        self._seq = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<JobRegistry jobs={sum(self.counts.values())} store={self.store!r}>"
+
+    def on_start(self) -> None:
+        """Rebuild counts and indexes from the store; start the retention timer."""
+        super().on_start()
+        jobs = sorted(self.store.load(), key=lambda j: j.seq)
+        for job in jobs:
+            self.counts[job.kind, job.state] += 1
+            if job.state in FINISHED_STATES:
+                self.finished.append((job.finished_at or job.created_at, job.id))
+            elif job.dedupe_key:
+                self.active_keys[job.dedupe_key] = job.id
+        self.finished = deque(sorted(self.finished))
+        if jobs:
+            self._seq = itertools.count(jobs[-1].seq + 1)
+        self._schedule_purge()
+
+    def on_stop(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def on_receive(self, message: Any) -> Any:
+        """Route one message."""
+        match message:
+            case AddJob(job=job):
+                return self._add(job)
+            case Transition():
+                self._transition(message)
+            case GetJob(job_id=job_id):
+                return self.store.get(job_id)
+            case ListJobs(kind=kind, state=state, owner=owner, limit=limit):
+                return self.store.list(kind=kind, state=state, owner=owner, limit=limit)
+            case RequeueFailed(job_id=job_id):
+                return self._requeue(job_id)
+            case SetAdmission(kind=kind, refused=refused):
+                (self.refused.add if refused else self.refused.discard)(kind)
+            case TrimHistory(keep_fraction=fraction):
+                self._prune(max_jobs=int(len(self.finished) * fraction), reason="memory pressure")
+            case PurgeExpired():
+                self._prune(older_than=self.clock.time() - self.settings.retention_s,
+                            reason="retention age")
+                self._schedule_purge()
+            case AttachDispatcher(dispatcher=dispatcher):
+                self.dispatcher = dispatcher
+            case Inspect():
+                return self._inspect()
+            case _:
+                return super().on_receive(message)
+        return None
+
+    # --- admission -----------------------------------------------------------------
+
+    def waiting(self, kind: JobKind) -> int:
+        """Jobs of ``kind`` waiting for a slot (queued, or retrying and coming back)."""
+        return self.counts[kind, JobState.QUEUED] + self.counts[kind, JobState.RETRYING]
+
+    def _add(self, job: Job) -> Job | QueueError:
+        if job.kind in self.refused:
+            return MemoryPressure()
+        if job.dedupe_key and job.dedupe_key in self.active_keys:
+            return DuplicateJob(self.active_keys[job.dedupe_key])
+        limit = self.settings.limits(job.kind).max_waiting
+        if self.waiting(job.kind) >= limit:
+            return QueueFull(f"the {job.kind.value} queue is full ({limit} waiting); "
+                             "try again later")
+        job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
+        self.store.add(job)  # durability point: once this returns the job is accepted
+        self.counts[job.kind, job.state] += 1
+        if job.dedupe_key:
+            self.active_keys[job.dedupe_key] = job.id
+        self._enqueue(job)
+        logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority)
+        return job
+
+    def _enqueue(self, job: Job) -> None:
+        # Told before the submitter gets its reply, so a following position question
+        # to the Dispatcher always finds the job there.
+        if self.dispatcher is not None:
+            self.dispatcher.tell(Enqueue(job=job))
+
+    # --- transitions ---------------------------------------------------------------
+
+    def _transition(self, message: Transition) -> None:
+        job = self.store.get(message.job_id)
+        if job is None:
+            logger.error("transition of unknown job %s to %s refused", message.job_id,
+                         message.target.value)
+            self.illegal_transitions += 1
+            return
+        if not is_legal(job.state, message.target):
+            logger.error("job %s: illegal transition %s -> %s refused", job.id,
+                         job.state.value, message.target.value)
+            self.illegal_transitions += 1
+            return
+        self._apply(job, _changed(job, message))
+
+    def _apply(self, old: Job, new: Job) -> None:
+        self.store.update(new)
+        self.counts[old.kind, old.state] -= 1
+        self.counts[new.kind, new.state] += 1
+        if new.state in FINISHED_STATES:
+            if new.dedupe_key and self.active_keys.get(new.dedupe_key) == new.id:
+                del self.active_keys[new.dedupe_key]
+            self.finished.append((new.finished_at or self.clock.time(), new.id))
+            self._prune(max_jobs=self.settings.retention_max_jobs, reason="retention count")
+
+    def _requeue(self, job_id: str) -> Job | QueueError:
+        job = self.store.get(job_id)
+        if job is None:
+            return JobNotFound()
+        if job.state != JobState.FAILED:
+            return JobStateConflict(f"only failed jobs can be retried; this one is "
+                                    f"{job.state.value}")
+        if job.dedupe_key and job.dedupe_key in self.active_keys:
+            return DuplicateJob(self.active_keys[job.dedupe_key])
+        new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
+                          started_at=None, next_attempt_at=None, retry_delays_s=())
+        self._apply(job, new)
+        self.finished = deque(entry for entry in self.finished if entry[1] != job_id)
+        if new.dedupe_key:
+            self.active_keys[new.dedupe_key] = new.id
+        self._enqueue(new)
+        logger.info("job %s re-queued by request", job_id)
+        return new
+
+    # --- retention -----------------------------------------------------------------
+
+    def _prune(self, *, max_jobs: int | None = None, older_than: float | None = None,
+               reason: str) -> None:
+        removed: list[str] = []
+        while self.finished and (
+            (max_jobs is not None and len(self.finished) > max_jobs)
+            or (older_than is not None and self.finished[0][0] < older_than)
+        ):
+            _, job_id = self.finished.popleft()
+            job = self.store.get(job_id)
+            if job is not None and job.state in FINISHED_STATES:
+                self.counts[job.kind, job.state] -= 1
+                removed.append(job_id)
+        if removed:
+            self.store.remove(removed)
+            logger.info("removed %d finished job(s) (%s)", len(removed), reason)
+
+    def _schedule_purge(self) -> None:
+        interval = min(max(self.settings.retention_s / 10, 1.0), 60.0)
+        self.timers.tell_later(interval, self.actor_ref, PurgeExpired())
+
+    def _inspect(self) -> dict[str, Any]:
+        return {
+            "counts": {
+                kind.value: {state.value: self.counts[kind, state] for state in JobState}
+                for kind in JobKind
+            },
+            "retained_finished": len(self.finished),
+            "admission_refused": sorted(kind.value for kind in self.refused),
+            "illegal_transitions": self.illegal_transitions,
+        }
+
+
+def _changed(job: Job, message: Transition) -> Job:
+    """Return ``job`` after ``message``'s move, with the fields that move sets."""
+    changes: dict[str, Any] = {"state": message.target}
+    if message.attempts is not None:
+        changes["attempts"] = message.attempts
+    if message.error is not None:
+        changes["last_error"] = message.error
+    match message.target:
+        case JobState.PROCESSING:
+            changes["started_at"] = message.at
+            changes["next_attempt_at"] = None
+        case JobState.RETRYING:
+            changes["next_attempt_at"] = message.next_attempt_at
+            if message.retry_delay_s is not None:
+                changes["retry_delays_s"] = (*job.retry_delays_s, message.retry_delay_s)
+        case JobState.QUEUED:
+            changes["next_attempt_at"] = None
+        case JobState.COMPLETED | JobState.FAILED | JobState.CANCELLED:
+            changes["finished_at"] = message.at
+            changes["next_attempt_at"] = None
+            if message.result is not None:
+                changes["result"] = message.result
+    return job.replace(**changes)

@@ -1,0 +1,184 @@
+"""Pure scheduling logic, without threads: the waiting order, backoff, wait estimates.
+
+The Dispatcher actor owns one ``WaitingQueue`` and calls these functions; tests
+exercise them directly with explicit times.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from actors.jobs import Job, JobKind
+
+MIN_PRIORITY, MAX_PRIORITY = 1, 3
+
+
+def effective_priority(job: Job, now: float, aging_s: float) -> int:
+    """Return the job's priority improved by one level per ``aging_s`` waited (never below 1).
+
+    Aging is what keeps priority 3 from starving behind a steady stream of
+    priority 1 work.
+    """
+    if aging_s <= 0:
+        return job.priority
+    levels = int(max(0.0, now - job.created_at) // aging_s)
+    return max(MIN_PRIORITY, job.priority - levels)
+
+
+class WaitingQueue:
+    """Waiting jobs in one global order across kinds: (effective priority, arrival seq).
+
+    One heap per (kind, base priority), keyed by arrival sequence; the head of
+    each heap is its oldest job and therefore its best by effective priority
+    too, so choosing the next job compares at most kinds x priorities heads.
+    """
+
+    def __init__(self, aging_s: float) -> None:
+        self.aging_s = aging_s
+        self._heaps: dict[tuple[JobKind, int], list[tuple[int, str]]] = {}
+        self._jobs: dict[str, Job] = {}
+        self._counts: dict[JobKind, int] = dict.fromkeys(JobKind, 0)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def count(self, kind: JobKind) -> int:
+        """How many jobs of ``kind`` are waiting."""
+        return self._counts[kind]
+
+    def push(self, job: Job) -> None:
+        """Add a job; a job already waiting is replaced."""
+        if job.id in self._jobs:
+            self.remove(job.id)
+        self._jobs[job.id] = job
+        self._counts[job.kind] += 1
+        heapq.heappush(self._heaps.setdefault((job.kind, job.priority), []), (job.seq, job.id))
+
+    def remove(self, job_id: str) -> Job | None:
+        """Withdraw a waiting job (lazily: its heap entry is skipped later)."""
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._counts[job.kind] -= 1
+        return job
+
+    def _head(self, kind: JobKind, priority: int) -> Job | None:
+        heap = self._heaps.get((kind, priority))
+        while heap:
+            seq, job_id = heap[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.seq == seq:
+                return job
+            heapq.heappop(heap)  # a withdrawn or re-pushed job's stale entry
+        return None
+
+    def pop_next(self, kinds: Iterable[JobKind], now: float) -> Job | None:
+        """Remove and return the best waiting job among ``kinds``, or ``None``."""
+        best: Job | None = None
+        best_key: tuple[int, int] | None = None
+        for kind in kinds:
+            for priority in range(MIN_PRIORITY, MAX_PRIORITY + 1):
+                head = self._head(kind, priority)
+                if head is None:
+                    continue
+                key = (effective_priority(head, now, self.aging_s), head.seq)
+                if best_key is None or key < best_key:
+                    best, best_key = head, key
+        if best is not None:
+            self.remove(best.id)
+        return best
+
+    def position(self, job_id: str, now: float) -> int | None:
+        """Return the 1-based place of a waiting job among the waiting jobs of its kind."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        key = (effective_priority(job, now, self.aging_s), job.seq)
+        ahead = sum(
+            1
+            for other in self._jobs.values()
+            if other.kind == job.kind
+            and (effective_priority(other, now, self.aging_s), other.seq) < key
+        )
+        return ahead + 1
+
+    def jobs(self) -> list[Job]:
+        """Return the waiting jobs (no particular order)."""
+        return list(self._jobs.values())
+
+
+def backoff_delay_s(
+    attempt: int,
+    *,
+    base_s: float,
+    max_s: float,
+    jitter: float,
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Return the pause before the attempt after ``attempt`` (1-based) failed.
+
+    ``base_s * 2**(attempt-1)``, capped at ``max_s``, then scaled down by up to
+    ``jitter`` (a fraction) so that jobs failed together do not come back
+    together. A server's ``Retry-After`` is honoured as a floor, itself capped
+    at ``max_s`` so a hostile header cannot park a job for a day.
+    """
+    exponent = min(max(attempt - 1, 0), 62)
+    delay = min(max_s, base_s * (2**exponent))
+    if jitter > 0 and delay > 0:
+        delay *= 1.0 - jitter * (rng or random).random()
+    if retry_after_s is not None and retry_after_s > 0:
+        delay = max(delay, min(retry_after_s, max_s))
+    return delay
+
+
+@dataclass
+class DurationEstimate:
+    """An exponentially weighted moving average of attempt durations."""
+
+    default_s: float
+    weight: float = 0.2
+    value_s: float | None = None
+    samples: int = 0
+
+    def observe(self, duration_s: float) -> None:
+        """Fold one observed duration in."""
+        self.samples += 1
+        if self.value_s is None:
+            self.value_s = duration_s
+        else:
+            self.value_s += self.weight * (duration_s - self.value_s)
+
+    @property
+    def seconds(self) -> float:
+        """The current estimate (the default until something was observed)."""
+        return self.default_s if self.value_s is None else self.value_s
+
+
+def estimate_wait_s(position: int, *, running: int, slots: int, duration_s: float) -> float:
+    """Estimate the wait before the job at ``position`` starts.
+
+    Jobs ahead start as slots free up; each "wave" of ``slots`` jobs takes
+    about one duration. A job that fits a free slot waits about nothing.
+    """
+    free = max(0, slots - running)
+    if position <= free:
+        return 0.0
+    waves = math.ceil((position - free) / max(1, slots))
+    return waves * duration_s
+
+
+def describe_wait(seconds: float) -> str:
+    """Render a wait estimate as a human range ("10-30 seconds", "4-10 minutes")."""
+    if not math.isfinite(seconds) or seconds < 1:
+        return "less than a minute"
+    low, high = seconds * 0.75, seconds * 1.5
+    if high < 90:
+        return f"{max(1, round(low))}-{max(2, round(high))} seconds"
+    return f"{max(1, round(low / 60))}-{max(2, math.ceil(high / 60))} minutes"

@@ -1,0 +1,362 @@
+"""The facade: one object to start, use, inspect and stop the job system.
+
+Everything outside the actor system (the web layer, the REPL, tests) goes
+through ``JobSystem``; nobody else holds an ``ActorRef``. Questions to actors
+are ``ask``s with a timeout, asked from the caller's thread, never from an actor.
+
+    >>> system = JobSystem(Settings.from_env()).start()
+    >>> sub = system.submit(JobKind.QA, {"question": "What is it?", "company_name": "acme"})
+    >>> system.get(sub.job.id).state
+    >>> system.snapshot()
+    >>> system.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.dispatcher import Dispatcher
+from actors.errors import (
+    JobNotFound,
+    JobStateConflict,
+    JobSystemUnavailable,
+    QueueError,
+    ShuttingDown,
+)
+from actors.jobs import Job, JobKind, JobState, freeze, new_job_id
+from actors.messages import (
+    AddJob,
+    AttachDispatcher,
+    CancelJob,
+    CheckMemory,
+    Drain,
+    EstimateWait,
+    GetJob,
+    Inspect,
+    ListJobs,
+    Pause,
+    QueuePosition,
+    RequeueFailed,
+    Resume,
+    StopWorkers,
+)
+from actors.python_api import PythonApiClient
+from actors.registry import JobRegistry
+from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
+from actors.settings import Settings
+from actors.store import JobStore, MemoryJobStore
+from actors.timers import Clock, TimerService
+from actors.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """An accepted job and where it stands in its queue."""
+
+    job: Job
+    queue_position: int
+    estimated_wait_s: float
+
+
+class JobSystem:
+    """Starts the actors, and is the one way in: submit, get, cancel, pause, snapshot, stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: JobStore | None = None,
+        clock: Clock | None = None,
+        rss_reader: Callable[[], float] = process_rss_mb,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store if store is not None else MemoryJobStore()
+        self.clock = clock or Clock()
+        self._rss_reader = rss_reader
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._state = "new"  # new -> running -> draining -> stopped
+        self.timers = TimerService()
+        self.client = PythonApiClient(
+            settings.python_api_base_url,
+            timers=self.timers,
+            connect_timeout_s=settings.python_api_connect_timeout_s,
+            pool_size=settings.max_concurrent_videos + settings.max_concurrent_qa + 2,
+        )
+        self._registry: pykka.ActorRef[Any] | None = None
+        self._dispatcher: pykka.ActorRef[Any] | None = None
+        self._watchdog: pykka.ActorRef[Any] | None = None
+        self._threads: list[threading.Thread] = []
+
+    def __repr__(self) -> str:
+        return f"<JobSystem {self._state} python_api={self.settings.python_api_base_url}>"
+
+    # --- life ----------------------------------------------------------------------
+
+    def start(self) -> JobSystem:
+        """Start the timer thread and the actors (JobRegistry, Dispatcher, MemoryWatchdog)."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"a JobSystem starts once; this one is {self._state}")
+            self.timers.start()
+            self._registry = JobRegistry.start(
+                self.settings, store=self.store, timers=self.timers, clock=self.clock,
+                threads=self._threads,
+            )
+            self._dispatcher = Dispatcher.start(
+                self.settings, registry=self._registry, client=self.client,
+                timers=self.timers, clock=self.clock, rng=self._rng, threads=self._threads,
+            )
+            self._registry.tell(AttachDispatcher(dispatcher=self._dispatcher))
+            self._watchdog = MemoryWatchdog.start(
+                self.settings, client=self.client, dispatcher=self._dispatcher,
+                registry=self._registry, timers=self.timers, clock=self.clock,
+                rss_reader=self._rss_reader, threads=self._threads,
+            )
+            self._state = "running"
+        logger.info("job system started (Python API %s)", self.settings.python_api_base_url)
+        return self
+
+    def stop(self, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Stop: refuse new jobs, let running ones finish (``drain``) within a deadline, stop.
+
+        Actors stop in reverse start order; calls still running at the deadline
+        are cut (their jobs stay retryable in a durable store). No thread is
+        left behind.
+        """
+        with self._lock:
+            if self._state in ("new", "stopped", "draining"):
+                self._state = "stopped" if self._state == "new" else self._state
+                return
+            self._state = "draining"
+        deadline_s = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        idle = threading.Event()
+        dispatcher, registry, watchdog = self._refs()
+        try:
+            dispatcher.ask(Drain(idle=idle), timeout=self.settings.ask_timeout_s)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            logger.error("dispatcher did not answer the drain request")
+        if drain and not idle.wait(deadline_s):
+            logger.warning("drain deadline (%.1fs) passed with jobs still running; cutting them",
+                           deadline_s)
+        self.client.shutdown()
+        watchdog.stop(block=True, timeout=self.settings.ask_timeout_s)
+        try:
+            dispatcher.ask(StopWorkers(timeout_s=self.settings.ask_timeout_s),
+                           timeout=self.settings.ask_timeout_s * 2)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            logger.error("workers did not stop in time")
+        for ref in (dispatcher, registry):
+            ref.stop(block=True, timeout=self.settings.ask_timeout_s)
+        self.timers.stop()
+        self.client.close()
+        for thread in self._threads:
+            thread.join(self.settings.ask_timeout_s)
+        left = [t.name for t in self._threads if t.is_alive()]
+        if left:
+            logger.error("threads still alive after stop: %s", left)
+        with self._lock:
+            self._state = "stopped"
+        logger.info("job system stopped")
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new jobs are accepted (not draining, not stopped)."""
+        return self._state == "running"
+
+    @property
+    def draining(self) -> bool:
+        """Whether a stop is in progress."""
+        return self._state == "draining"
+
+    @property
+    def alive(self) -> bool:
+        """Whether every core actor is alive."""
+        refs = (self._registry, self._dispatcher, self._watchdog)
+        return self._state == "running" and all(r is not None and r.is_alive() for r in refs)
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: JobKind,
+        data: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        priority: int | None = None,
+        dedupe_key: str | None = None,
+    ) -> Submission:
+        """Accept a job; when this returns, the job is stored and queued.
+
+        Raises:
+            QueueFull, MemoryPressure, ShuttingDown, DuplicateJob: the job was refused.
+            ValueError: the priority is outside 1..3.
+        """
+        kind = JobKind(kind)
+        if priority is None:
+            priority = self.settings.limits(kind).default_priority
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be {MIN_PRIORITY}..{MAX_PRIORITY}, not {priority}")
+        if not self.accepting:
+            raise ShuttingDown()
+        job = Job(
+            id=new_job_id(), kind=kind, priority=priority, data=freeze(dict(data)), owner=owner,
+            max_attempts=self.settings.retry_attempts, created_at=self.clock.time(),
+            dedupe_key=dedupe_key,
+        )
+        stored = self._ask(self._refs()[1], AddJob(job=job))
+        return self._submission(stored)
+
+    def _submission(self, job: Job) -> Submission:
+        where = self._ask(self._refs()[0], QueuePosition(job_id=job.id))
+        if where is None:  # already picked up by a free worker
+            return Submission(job, 0, 0.0)
+        position, wait_s = where
+        return Submission(job, position, wait_s)
+
+    def get(self, job_id: str) -> Job:
+        """Return a job. Raises ``JobNotFound``."""
+        job = self._ask(self._refs()[1], GetJob(job_id=job_id))
+        if job is None:
+            raise JobNotFound()
+        return job  # type: ignore[no-any-return]
+
+    def list_jobs(
+        self,
+        *,
+        kind: JobKind | None = None,
+        state: JobState | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Return jobs matching the filters, newest first."""
+        message = ListJobs(kind=kind, state=state, owner=owner, limit=limit)
+        return self._ask(self._refs()[1], message)  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> Job:
+        """Withdraw a queued or retrying job. Raises ``JobNotFound``, ``JobStateConflict``."""
+        job = self.get(job_id)
+        if job.state not in (JobState.QUEUED, JobState.RETRYING) or not self._ask(
+            self._refs()[0], CancelJob(job_id=job_id)
+        ):
+            state = self.get(job_id).state.value
+            raise JobStateConflict(f"only queued or retrying jobs can be cancelled; this one is"
+                                   f" {state}")
+        return self.get(job_id)
+
+    def retry(self, job_id: str) -> Submission:
+        """Queue a failed job again with a fresh attempt budget."""
+        if not self.accepting:
+            raise ShuttingDown()
+        job = self._ask(self._refs()[1], RequeueFailed(job_id=job_id))
+        return self._submission(job)
+
+    def queue_position(self, job_id: str) -> int | None:
+        """Return a waiting job's 1-based place in its kind's dispatch order."""
+        where = self._ask(self._refs()[0], QueuePosition(job_id=job_id))
+        return None if where is None else int(where[0])
+
+    def estimate_wait_s(self, kind: JobKind, position: int) -> float:
+        """Estimate the wait for ``position`` in ``kind``'s queue from observed durations."""
+        return float(self._ask(self._refs()[0], EstimateWait(kind=kind, position=position)))
+
+    # --- control -------------------------------------------------------------------
+
+    def pause(self, kind: JobKind, reason: str = "operator") -> None:
+        """Stop dispatching ``kind`` (running jobs go on)."""
+        self._ask(self._refs()[0], Pause(kind=JobKind(kind), reason=reason))
+
+    def resume(self, kind: JobKind, reason: str = "operator") -> None:
+        """Lift the ``reason`` pause of ``kind``."""
+        self._ask(self._refs()[0], Resume(kind=JobKind(kind), reason=reason))
+
+    def check_memory(self) -> MemoryReading:
+        """Take a memory reading now (the watchdog also does on its timer)."""
+        return self._ask(self._refs()[2], CheckMemory())  # type: ignore[no-any-return]
+
+    # --- inspection ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the whole system's state as plain data (for REPLs, health and metrics)."""
+        dispatcher, registry, watchdog = self._refs()
+        dispatch = self._ask(dispatcher, Inspect())
+        records = self._ask(registry, Inspect())
+        memory = self._ask(watchdog, Inspect())
+        kinds: dict[str, Any] = {}
+        for kind in JobKind:
+            limits = self.settings.limits(kind)
+            counts = records["counts"][kind.value]
+            kinds[kind.value] = {
+                **dispatch["kinds"][kind.value],
+                "completed": counts["completed"],
+                "failed": counts["failed"],
+                "cancelled": counts["cancelled"],
+                "max_concurrent": limits.max_concurrent,
+                "max_waiting": limits.max_waiting,
+            }
+        last = memory["last"] or {}
+        named = [("JobRegistry", registry), ("Dispatcher", dispatcher),
+                 ("MemoryWatchdog", watchdog)]
+        actors = [{"name": name, "alive": ref.is_alive(), "mailbox": ref.actor_inbox.qsize()}
+                  for name, ref in named]
+        for pool in dispatch["pools"].values():
+            actors += [{"name": f"{info['actor']} {worker_id}", "alive": info["alive"],
+                        "mailbox": info["mailbox"], "job_id": info["job_id"]}
+                       for worker_id, info in pool["workers"].items()]
+        return {
+            "state": self._state,
+            "accepting": self.accepting,
+            "draining": self.draining,
+            "kinds": kinds,
+            "running_jobs": dispatch["running_jobs"],
+            "pools": {k: {key: v for key, v in p.items() if key != "workers"}
+                      for k, p in dispatch["pools"].items()},
+            "supervisor": {
+                "restarts": sum(p["restarts"] for p in dispatch["pools"].values()),
+                "failed_pools": [k for k, p in dispatch["pools"].items() if p["failed"]],
+            },
+            "memory": {
+                "process_rss_mb": last.get("process_rss_mb"),
+                "python_api": {
+                    "memory_mb": last.get("python_api_mb"),
+                    "status": last.get("python_api_status", "unknown"),
+                    "reachable": bool(last.get("python_api_reachable", False)),
+                },
+                "threshold_mb": memory["threshold_mb"],
+                "max_memory_mb": memory["max_memory_mb"],
+                "pressure": memory["pressure"],
+                "admission_refused": memory["admission_refused"],
+                "checked_at": last.get("checked_at"),
+            },
+            "registry": {k: v for k, v in records.items() if k != "counts"},
+            "timers_pending": self.timers.pending,
+            "actors": actors,
+        }
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _refs(self) -> tuple[pykka.ActorRef[Any], pykka.ActorRef[Any], pykka.ActorRef[Any]]:
+        if self._dispatcher is None or self._registry is None or self._watchdog is None:
+            raise ShuttingDown("the job system is not started")
+        return self._dispatcher, self._registry, self._watchdog
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
+        try:
+            answer = ref.ask(message, timeout=self.settings.ask_timeout_s)
+        except pykka.ActorDeadError as exc:
+            raise ShuttingDown() from exc
+        except pykka.Timeout as exc:
+            raise JobSystemUnavailable() from exc
+        if isinstance(answer, QueueError):
+            raise answer
+        return answer

@@ -1,0 +1,20 @@
+"""A pykka actor base that records its thread, so a stop can join every thread it started."""
+
+from __future__ import annotations
+
+import threading
+
+import pykka
+
+
+class TrackedActor(pykka.ThreadingActor):
+    """A ``ThreadingActor`` that appends its thread to ``threads`` when it starts."""
+
+    def __init__(self, *, threads: list[threading.Thread] | None = None) -> None:
+        super().__init__()
+        self._threads = threads
+
+    def on_start(self) -> None:
+        """Record this actor's thread."""
+        if self._threads is not None:
+            self._threads.append(threading.current_thread())  # list.append is atomic

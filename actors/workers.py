@@ -1,0 +1,162 @@
+"""Worker actors: each runs one attempt at a time against the Python API.
+
+A job's own failure is data: anything an attempt raises becomes a
+``JobFailed`` message. Only a ``BaseException`` (or a bug outside the attempt)
+kills a worker; it then tells the Dispatcher ``WorkerCrashed`` so its pool
+can replace it and the job can be retried. A ``BaseException`` must never
+escape a pykka actor: pykka answers that by stopping every actor in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, ClassVar
+
+import pykka
+
+from actors.errors import CallFailed
+from actors.jobs import JobKind, freeze
+from actors.messages import JobFailed, JobSucceeded, RunJob, WorkerCrashed
+from actors.python_api import PythonApiClient
+from actors.tracked import TrackedActor
+
+logger = logging.getLogger(__name__)
+
+
+class Worker(TrackedActor):
+    """Base worker: runs ``RunJob`` attempts and reports the outcome to the Dispatcher."""
+
+    kind: ClassVar[JobKind]
+
+    def __init__(
+        self,
+        worker_id: str,
+        dispatcher: pykka.ActorRef[Any],
+        client: PythonApiClient,
+        *,
+        threads: list[threading.Thread] | None = None,
+    ) -> None:
+        super().__init__(threads=threads)
+        self.worker_id = worker_id
+        self.dispatcher = dispatcher
+        self.client = client
+        self.current_job_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.worker_id} job={self.current_job_id}>"
+
+    def call(self, data: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Make the Python API call for one attempt; subclasses say which."""
+        raise NotImplementedError
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle ``RunJob``."""
+        match message:
+            case RunJob():
+                self._run(message)
+                return None
+            case _:
+                return super().on_receive(message)
+
+    def _run(self, message: RunJob) -> None:
+        self.current_job_id = message.job_id
+        started = time.monotonic()
+        outcome: JobSucceeded | JobFailed
+        try:
+            result = self.call(message.data, message.timeout_s)
+            outcome = JobSucceeded(
+                job_id=message.job_id,
+                worker_id=self.worker_id,
+                result=freeze(result),
+                duration_s=time.monotonic() - started,
+            )
+        except CallFailed as exc:
+            outcome = self._failed(message, started, type(exc).__name__, exc.message,
+                                   exc.retryable, getattr(exc, "retry_after_s", None))
+        except Exception as exc:  # a bug in handling one answer: retry, within the budget
+            logger.exception("job %s: unexpected error in %s", message.job_id, self.worker_id)
+            outcome = self._failed(message, started, type(exc).__name__, str(exc) or repr(exc),
+                                   True, None)
+        except BaseException as exc:
+            # The worker is now suspect: report, stop, and let the pool replace it.
+            logger.error("job %s: %s killed by %r", message.job_id, self.worker_id, exc)
+            self._tell_dispatcher(
+                WorkerCrashed(worker_id=self.worker_id, job_id=message.job_id, error=repr(exc))
+            )
+            self.current_job_id = None
+            self.stop()
+            return
+        self.current_job_id = None
+        self._tell_dispatcher(outcome)
+
+    def _failed(
+        self,
+        message: RunJob,
+        started: float,
+        error_type: str,
+        error: str,
+        retryable: bool,
+        retry_after_s: float | None,
+    ) -> JobFailed:
+        logger.info("job %s attempt %d failed in %s: %s", message.job_id, message.attempt,
+                    self.worker_id, error)
+        return JobFailed(
+            job_id=message.job_id,
+            worker_id=self.worker_id,
+            error_type=error_type,
+            error=error,
+            retryable=retryable,
+            retry_after_s=retry_after_s,
+            duration_s=time.monotonic() - started,
+        )
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Tell the Dispatcher this worker died, so its job is retried and it is replaced."""
+        self._tell_dispatcher(
+            WorkerCrashed(
+                worker_id=self.worker_id, job_id=self.current_job_id, error=repr(exception_value)
+            )
+        )
+
+    def _tell_dispatcher(self, message: Any) -> None:
+        try:
+            self.dispatcher.tell(message)
+        except pykka.ActorDeadError:
+            logger.warning("%s: dispatcher gone, dropped %s", self.worker_id,
+                           type(message).__name__)
+
+
+class VideoWorker(Worker):
+    """Processes videos through ``POST /process-video/{company}``."""
+
+    kind = JobKind.VIDEO
+
+    def call(self, data: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Process one video."""
+        return self.client.process_video(data, timeout_s=timeout_s)
+
+
+class QAWorker(Worker):
+    """Answers questions through ``POST /ask-question``."""
+
+    kind = JobKind.QA
+
+    def call(self, data: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Answer one question."""
+        return self.client.ask_question(data, timeout_s=timeout_s)
+
+
+WORKER_CLASSES: Mapping[JobKind, type[Worker]] = {
+    JobKind.VIDEO: VideoWorker,
+    JobKind.QA: QAWorker,
+}
+"""Which worker runs which kind; a new kind adds a subclass and a line here."""
