@@ -97,6 +97,8 @@ class JobSystem:
         self._dispatcher: pykka.ActorRef[Any] | None = None
         self._watchdog: pykka.ActorRef[Any] | None = None
         self._threads: list[threading.Thread] = []
+        self._idle = threading.Event()
+        self._stopping = False
 
     def __repr__(self) -> str:
         return f"<JobSystem {self._state} python_api={self.settings.python_api_base_url}>"
@@ -127,6 +129,22 @@ class JobSystem:
         logger.info("job system started (Python API %s)", self.settings.python_api_base_url)
         return self
 
+    def begin_drain(self) -> None:
+        """Refuse new jobs from now on and stop dispatching; never blocks.
+
+        Safe to call from a signal handler's thread: ``stop`` later waits for the
+        running jobs. Called by gunicorn's SIGTERM handling (gunicorn.conf.py).
+        """
+        with self._lock:
+            if self._state != "running":
+                return
+            self._state = "draining"
+        logger.info("draining: new jobs are refused, running jobs may finish")
+        try:
+            self._refs()[0].tell(Drain(idle=self._idle))
+        except pykka.ActorDeadError:
+            self._idle.set()
+
     def stop(self, drain: bool = True, timeout_s: float | None = None) -> None:
         """Stop: refuse new jobs, let running ones finish (``drain``) within a deadline, stop.
 
@@ -135,18 +153,15 @@ class JobSystem:
         left behind.
         """
         with self._lock:
-            if self._state in ("new", "stopped", "draining"):
-                self._state = "stopped" if self._state == "new" else self._state
+            if self._state == "new":
+                self._state = "stopped"
+            if self._state == "stopped" or self._stopping:
                 return
-            self._state = "draining"
+            self._stopping = True
+        self.begin_drain()
         deadline_s = self.settings.drain_timeout_s if timeout_s is None else timeout_s
-        idle = threading.Event()
         dispatcher, registry, watchdog = self._refs()
-        try:
-            dispatcher.ask(Drain(idle=idle), timeout=self.settings.ask_timeout_s)
-        except (pykka.Timeout, pykka.ActorDeadError):
-            logger.error("dispatcher did not answer the drain request")
-        if drain and not idle.wait(deadline_s):
+        if drain and not self._idle.wait(deadline_s):
             logger.warning("drain deadline (%.1fs) passed with jobs still running; cutting them",
                            deadline_s)
         self.client.shutdown()

@@ -1,0 +1,81 @@
+"""gunicorn configuration: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+One worker process with threads: job state and the actors live in that
+process, so a second worker would mean a second queue with its own limits.
+The app (and its actors) is created after the fork (``preload_app`` off) and
+stopped in ``worker_exit``. SIGTERM drains: the job system refuses new jobs at
+once (503 with Retry-After), running jobs get the graceful timeout to finish.
+
+Environment: ``PORT`` (5000), ``HOST`` (0.0.0.0), ``GUNICORN_THREADS`` (8),
+``GUNICORN_TIMEOUT`` (30 s), ``QUEUE_DRAIN_TIMEOUT_MS`` (30000; the graceful
+timeout is this plus 5 s), ``GUNICORN_ACCESS_LOG`` ("-" for stdout, empty for none),
+``LOG_LEVEL`` (info).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+_env = os.environ
+
+
+def _int(name: str, default: int) -> int:
+    value = _env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"invalid configuration: {name}={value!r} is not an integer") from None
+
+
+bind = f"{_env.get('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
+workers = 1  # job state lives in the process; see the module docstring
+worker_class = "gthread"
+threads = _int("GUNICORN_THREADS", 8)
+timeout = _int("GUNICORN_TIMEOUT", 30)
+_drain_s = _int("QUEUE_DRAIN_TIMEOUT_MS", 30000) / 1000
+graceful_timeout = int(_drain_s) + 5
+keepalive = 5
+preload_app = False
+accesslog = _env.get("GUNICORN_ACCESS_LOG", "-") or None
+loglevel = _env.get("LOG_LEVEL", "info").lower()
+limit_request_line = 8190
+limit_request_fields = 100
+
+if _int("WEB_CONCURRENCY", 1) > 1:
+    logging.getLogger("gunicorn.error").warning(
+        "WEB_CONCURRENCY > 1 ignored: the job queue lives in one process; use threads instead"
+    )
+
+
+def _extension(worker: Any) -> Any:
+    app = getattr(worker, "wsgi", None)
+    return getattr(app, "extensions", {}).get("qudemo")
+
+
+def post_worker_init(worker: Any) -> None:
+    """Make SIGTERM start the drain at once, before gunicorn stops accepting."""
+    original = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        ext = _extension(worker)
+        if ext is not None:
+            # A thread, not the handler itself: a handler must not take the locks
+            # the interrupted code may hold.
+            threading.Thread(target=ext.system.begin_drain, name="drain-signal").start()
+        if callable(original):
+            original(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Drain and stop the actors: running jobs get the drain timeout to finish."""
+    ext = _extension(worker)
+    if ext is not None:
+        ext.shutdown(drain=True, timeout_s=_drain_s)
