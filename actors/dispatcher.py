@@ -115,8 +115,7 @@ class Dispatcher(TrackedActor):
         """Route one message."""
         match message:
             case Enqueue(job=job):
-                self.waiting.push(job)
-                self._dispatch()
+                self._enqueue(job)
             case JobSucceeded():
                 self._on_succeeded(message)
             case JobFailed():
@@ -152,6 +151,16 @@ class Dispatcher(TrackedActor):
         return None
 
     # --- dispatching ---------------------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        if job.state == JobState.RETRYING:
+            # Recovered from the store: re-arm its timer from the stored due time.
+            delay = max(0.0, (job.next_attempt_at or 0.0) - self.clock.time())
+            handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
+            self.retrying[job.id] = (job, handle)
+            return
+        self.waiting.push(job)
+        self._dispatch()
 
     def _dispatchable_kinds(self) -> list[JobKind]:
         return [

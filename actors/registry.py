@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
 
 import pykka
@@ -67,7 +67,6 @@ class JobRegistry(TrackedActor):
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.counts: Counter[tuple[JobKind, JobState]] = Counter()
         self.active_keys: dict[str, str] = {}  # dedupe key -> id of the active job
-        self.finished: deque[tuple[float, str]] = deque()  # (finished_at, id), oldest first
         self.refused: set[JobKind] = set()
         self.illegal_transitions = 0
         self._seq = itertools.count(1)
@@ -78,16 +77,11 @@ class JobRegistry(TrackedActor):
     def on_start(self) -> None:
         """Rebuild counts and indexes from the store; start the retention timer."""
         super().on_start()
-        jobs = sorted(self.store.load(), key=lambda j: j.seq)
-        for job in jobs:
-            self.counts[job.kind, job.state] += 1
-            if job.state in FINISHED_STATES:
-                self.finished.append((job.finished_at or job.created_at, job.id))
-            elif job.dedupe_key:
+        self.counts = Counter(self.store.counts())
+        self._seq = itertools.count(self.store.max_seq() + 1)
+        for job in self.store.active():
+            if job.dedupe_key:
                 self.active_keys[job.dedupe_key] = job.id
-        self.finished = deque(sorted(self.finished))
-        if jobs:
-            self._seq = itertools.count(jobs[-1].seq + 1)
         self._schedule_purge()
 
     def on_stop(self) -> None:
@@ -110,13 +104,15 @@ class JobRegistry(TrackedActor):
             case SetAdmission(kind=kind, refused=refused):
                 (self.refused.add if refused else self.refused.discard)(kind)
             case TrimHistory(keep_fraction=fraction):
-                self._prune(max_jobs=int(len(self.finished) * fraction), reason="memory pressure")
+                self._prune(keep=int(self.finished_total() * fraction), reason="memory pressure")
             case PurgeExpired():
-                self._prune(older_than=self.clock.time() - self.settings.retention_s,
+                self._prune(finished_before=self.clock.time() - self.settings.retention_s,
                             reason="retention age")
+                self.store.maintain()
                 self._schedule_purge()
             case AttachDispatcher(dispatcher=dispatcher):
                 self.dispatcher = dispatcher
+                self._recover()
             case Inspect():
                 return self._inspect()
             case _:
@@ -124,6 +120,10 @@ class JobRegistry(TrackedActor):
         return None
 
     # --- admission -----------------------------------------------------------------
+
+    def finished_total(self) -> int:
+        """How many finished jobs are retained."""
+        return sum(self.counts[kind, state] for kind in JobKind for state in FINISHED_STATES)
 
     def waiting(self, kind: JobKind) -> int:
         """Jobs of ``kind`` waiting for a slot (queued, or retrying and coming back)."""
@@ -176,8 +176,8 @@ class JobRegistry(TrackedActor):
         if new.state in FINISHED_STATES:
             if new.dedupe_key and self.active_keys.get(new.dedupe_key) == new.id:
                 del self.active_keys[new.dedupe_key]
-            self.finished.append((new.finished_at or self.clock.time(), new.id))
-            self._prune(max_jobs=self.settings.retention_max_jobs, reason="retention count")
+            if self.finished_total() > self.settings.retention_max_jobs:
+                self._prune(keep=self.settings.retention_max_jobs, reason="retention count")
 
     def _requeue(self, job_id: str) -> Job | QueueError:
         job = self.store.get(job_id)
@@ -191,7 +191,6 @@ class JobRegistry(TrackedActor):
         new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
                           started_at=None, next_attempt_at=None, retry_delays_s=())
         self._apply(job, new)
-        self.finished = deque(entry for entry in self.finished if entry[1] != job_id)
         if new.dedupe_key:
             self.active_keys[new.dedupe_key] = new.id
         self._enqueue(new)
@@ -200,21 +199,45 @@ class JobRegistry(TrackedActor):
 
     # --- retention -----------------------------------------------------------------
 
-    def _prune(self, *, max_jobs: int | None = None, older_than: float | None = None,
+    def _prune(self, *, keep: int | None = None, finished_before: float | None = None,
                reason: str) -> None:
-        removed: list[str] = []
-        while self.finished and (
-            (max_jobs is not None and len(self.finished) > max_jobs)
-            or (older_than is not None and self.finished[0][0] < older_than)
-        ):
-            _, job_id = self.finished.popleft()
-            job = self.store.get(job_id)
-            if job is not None and job.state in FINISHED_STATES:
-                self.counts[job.kind, job.state] -= 1
-                removed.append(job_id)
+        removed = self.store.prune_finished(keep=keep, finished_before=finished_before)
         if removed:
-            self.store.remove(removed)
-            logger.info("removed %d finished job(s) (%s)", len(removed), reason)
+            self.counts.subtract(removed)
+            logger.info("removed %d finished job(s) (%s)", removed.total(), reason)
+
+    # --- recovery ------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Give the Dispatcher every unfinished job found in the store, oldest first.
+
+        A job found ``processing`` was running when the process died: that
+        attempt counts. It is queued again, or failed if interruptions used up
+        its attempts, so a job that kills the process every time cannot loop.
+        """
+        recovered = interrupted = given_up = 0
+        now = self.clock.time()
+        for job in self.store.active():
+            if job.state == JobState.PROCESSING:
+                interrupted += 1
+                error = (f"interrupted: the process stopped during attempt {job.attempts}"
+                         f" of {job.max_attempts}")
+                if job.attempts >= job.max_attempts:
+                    given_up += 1
+                    self._apply(job, job.replace(
+                        state=JobState.FAILED, finished_at=now, next_attempt_at=None,
+                        last_error=f"{error}; attempts used up by interruptions"))
+                    logger.error("job %s failed: %s; attempts used up", job.id, error)
+                    continue
+                queued = job.replace(state=JobState.QUEUED, last_error=error)
+                self._apply(job, queued)
+                job = queued
+            self._enqueue(job)
+            recovered += 1
+        if recovered or given_up:
+            logger.warning("recovered %d unfinished job(s) from the store (%d interrupted while"
+                           " processing, %d of those failed for good)", recovered + given_up,
+                           interrupted, given_up)
 
     def _schedule_purge(self) -> None:
         interval = min(max(self.settings.retention_s / 10, 1.0), 60.0)
@@ -226,7 +249,8 @@ class JobRegistry(TrackedActor):
                 kind.value: {state.value: self.counts[kind, state] for state in JobState}
                 for kind in JobKind
             },
-            "retained_finished": len(self.finished),
+            "retained_finished": self.finished_total(),
+            "store": self.store.describe(),
             "admission_refused": sorted(kind.value for kind in self.refused),
             "illegal_transitions": self.illegal_transitions,
         }

@@ -164,6 +164,10 @@ class Settings:
     worker_max_restarts: int = 5
     worker_restart_window_s: float = 60.0
     ask_timeout_s: float = 10.0
+    store: str = "sqlite"
+    """``sqlite`` (durable, the default) or ``memory``."""
+    db_path: str = "./data/jobs.sqlite3"
+    db_synchronous: str = "normal"
 
     def limits(self, kind: JobKind) -> KindLimits:
         """Return the limits of ``kind``; a new kind adds one line here."""
@@ -229,6 +233,10 @@ class Settings:
             drain_timeout_s=env.ms_as_s("QUEUE_DRAIN_TIMEOUT_MS", 30000, allow_zero=True),
             worker_max_restarts=num("WORKER_MAX_RESTARTS", 5),
             worker_restart_window_s=env.ms_as_s("WORKER_RESTART_WINDOW_MS", 60000),
+            store=env.choice("QUEUE_STORE", d.store, ("sqlite", "memory")),
+            db_path=env.text("QUEUE_DB_PATH", d.db_path),
+            db_synchronous=env.choice("QUEUE_DB_SYNCHRONOUS", d.db_synchronous,
+                                      ("normal", "full")),
         )
         env.check(
             settings.backoff_max_s >= settings.backoff_base_s,

@@ -1,30 +1,44 @@
 """Job storage behind the JobRegistry: an interface about jobs, and the in-memory store.
 
-The registry is the only caller, from its own thread, so stores need no locks
-of their own. A durable store implements the same ``JobStore`` protocol.
+The registry is the only caller, from its own thread. A store keeps finished
+jobs for retention and removes them on request; it never decides state
+transitions (that is the registry's job). ``SqliteJobStore`` (sqlite_store.py)
+is the durable implementation; a shared PostgreSQL store implements the same
+protocol.
 """
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from actors.jobs import Job, JobKind, JobState
+from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState
+
+if TYPE_CHECKING:
+    from actors.settings import Settings
+
+StateCounts = Counter[tuple[JobKind, JobState]]
+
+
+def open_store(settings: Settings) -> JobStore:
+    """Open the store ``settings.store`` names (``QUEUE_STORE``)."""
+    if settings.store == "memory":
+        return MemoryJobStore()
+    from actors.sqlite_store import SqliteJobStore  # imported only when used
+
+    return SqliteJobStore(settings.db_path, synchronous=settings.db_synchronous.upper())
 
 
 class JobStore(Protocol):
-    """Where job records live: add, update, get, list, counts, remove."""
-
-    def load(self) -> Iterable[Job]:
-        """Return every stored job (at start)."""
-        ...
+    """Where job records live."""
 
     def add(self, job: Job) -> None:
         """Store a new job; when this returns, the job is as durable as the store is."""
         ...
 
     def update(self, job: Job) -> None:
-        """Replace a stored job with its new version."""
+        """Write a job's new version (a claim, a finish, a failure, a retry)."""
         ...
 
     def get(self, job_id: str) -> Job | None:
@@ -42,8 +56,37 @@ class JobStore(Protocol):
         """Return matching jobs, newest first."""
         ...
 
+    def active(self) -> list[Job]:
+        """Return every queued, processing or retrying job, oldest first (for recovery)."""
+        ...
+
+    def counts(self) -> StateCounts:
+        """Return how many jobs there are per (kind, state)."""
+        ...
+
+    def max_seq(self) -> int:
+        """Return the highest arrival sequence stored (0 when empty)."""
+        ...
+
+    def prune_finished(
+        self, *, keep: int | None = None, finished_before: float | None = None
+    ) -> StateCounts:
+        """Remove the oldest finished jobs beyond ``keep`` or finished before a time.
+
+        Returns how many were removed per (kind, state).
+        """
+        ...
+
     def remove(self, job_ids: Iterable[str]) -> None:
         """Delete jobs."""
+        ...
+
+    def maintain(self) -> None:
+        """Periodic housekeeping (compaction), called on every retention pass."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Return what the store is, for snapshots."""
         ...
 
     def close(self) -> None:
@@ -52,17 +95,14 @@ class JobStore(Protocol):
 
 
 class MemoryJobStore:
-    """Jobs in a dict: fast, and gone when the process ends."""
+    """Jobs in a dict: fast, and gone when the process ends (``QUEUE_STORE=memory``)."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
+        self._finished: OrderedDict[str, float] = OrderedDict()  # id -> finished_at, in order
 
     def __repr__(self) -> str:
         return f"<MemoryJobStore jobs={len(self._jobs)}>"
-
-    def load(self) -> Iterable[Job]:
-        """Return every stored job."""
-        return list(self._jobs.values())
 
     def add(self, job: Job) -> None:
         """Store a new job."""
@@ -71,6 +111,10 @@ class MemoryJobStore:
     def update(self, job: Job) -> None:
         """Replace a stored job."""
         self._jobs[job.id] = job
+        if job.state in FINISHED_STATES:
+            self._finished[job.id] = job.finished_at or 0.0
+        else:
+            self._finished.pop(job.id, None)
 
     def get(self, job_id: str) -> Job | None:
         """Return one job, or ``None``."""
@@ -95,10 +139,47 @@ class MemoryJobStore:
                     break
         return found
 
+    def active(self) -> list[Job]:
+        """Return unfinished jobs, oldest first."""
+        return sorted((j for j in self._jobs.values() if j.state in ACTIVE_STATES),
+                      key=lambda j: j.seq)
+
+    def counts(self) -> StateCounts:
+        """Count jobs per (kind, state)."""
+        return Counter((j.kind, j.state) for j in self._jobs.values())
+
+    def max_seq(self) -> int:
+        """Return the highest arrival sequence stored."""
+        return max((j.seq for j in self._jobs.values()), default=0)
+
+    def prune_finished(
+        self, *, keep: int | None = None, finished_before: float | None = None
+    ) -> StateCounts:
+        """Remove the oldest finished jobs (finish order) past ``keep`` or a time."""
+        removed: StateCounts = Counter()
+        while self._finished:
+            job_id, finished_at = next(iter(self._finished.items()))
+            too_many = keep is not None and len(self._finished) > keep
+            too_old = finished_before is not None and finished_at < finished_before
+            if not (too_many or too_old):
+                break
+            del self._finished[job_id]
+            job = self._jobs.pop(job_id)
+            removed[job.kind, job.state] += 1
+        return removed
+
     def remove(self, job_ids: Iterable[str]) -> None:
         """Delete jobs."""
         for job_id in job_ids:
             self._jobs.pop(job_id, None)
+            self._finished.pop(job_id, None)
+
+    def maintain(self) -> None:
+        """Nothing to compact."""
+
+    def describe(self) -> dict[str, object]:
+        """Describe this store."""
+        return {"kind": "memory", "jobs": len(self._jobs)}
 
     def close(self) -> None:
         """Nothing to release."""

@@ -51,7 +51,7 @@ from actors.python_api import PythonApiClient
 from actors.registry import JobRegistry
 from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.settings import Settings
-from actors.store import JobStore, MemoryJobStore
+from actors.store import JobStore, open_store
 from actors.timers import Clock, TimerService
 from actors.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
 
@@ -80,7 +80,8 @@ class JobSystem:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store if store is not None else MemoryJobStore()
+        self._given_store = store
+        self.store: JobStore | None = None
         self.clock = clock or Clock()
         self._rss_reader = rss_reader
         self._rng = rng
@@ -110,6 +111,8 @@ class JobSystem:
         with self._lock:
             if self._state != "new":
                 raise RuntimeError(f"a JobSystem starts once; this one is {self._state}")
+            self.store = (self._given_store if self._given_store is not None
+                          else open_store(self.settings))
             self.timers.start()
             self._registry = JobRegistry.start(
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,

@@ -24,6 +24,7 @@ def fast_settings(standin: PythonApiStandIn) -> Settings:
     """Settings pointing at the stand-in, with short delays so tests finish quickly."""
     return Settings(
         python_api_base_url=standin.url,
+        store="memory",
         backoff_base_s=0.05,
         backoff_max_s=0.2,
         job_timeout_s=10.0,

@@ -1,0 +1,252 @@
+"""The durable job store: the standard library's sqlite3, in WAL mode (``QUEUE_STORE=sqlite``).
+
+Durability: every ``add`` and ``update`` is its own committed transaction
+before it returns, so an accepted job survives a crash or SIGKILL of the
+process. ``synchronous=NORMAL`` (the default, ``QUEUE_DB_SYNCHRONOUS``) is
+safe against process crashes in WAL mode; ``FULL`` also survives power loss,
+at the cost of an fsync per change.
+
+Size: ``auto_vacuum=INCREMENTAL`` is set when the file is created; after
+retention removes rows their pages are given back (``incremental_vacuum``)
+and the WAL is checkpointed and truncated, on every periodic retention pass
+(``maintain``) and at close, so the files do not grow without bound.
+
+Schema: versioned with ``PRAGMA user_version`` and migrated at open. A file
+that is not a database, or whose schema is newer than this program knows,
+stops the start with a clear message and is never written to.
+
+One process owns the file at a time (an exclusive ``flock`` on ``<path>.lock``):
+a second process would recover and run the same jobs twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from actors.errors import QueueError
+from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState, dumps
+from actors.store import StateCounts
+
+logger = logging.getLogger(__name__)
+
+
+class StoreUnavailable(QueueError):
+    """The job store cannot be opened."""
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs with the columns the queries filter on, the full record as JSON.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        seq INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX jobs_state_seq ON jobs (state, seq);
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_owner ON jobs (owner, seq);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+_FINISHED = tuple(s.value for s in FINISHED_STATES)
+_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+
+
+def _marks(values: tuple[str, ...]) -> str:
+    return ",".join("?" * len(values))
+
+
+class SqliteJobStore:
+    """Jobs in one SQLite file, written through on every change."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self._lock_file: IO[str] | None = None
+        self._take_lock()
+        try:
+            self._db = self._open(synchronous)
+            self._migrate()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SqliteJobStore {self.path}>"
+
+    # --- opening -------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise StoreUnavailable(
+                f"the job store {self.path} is in use by another process; one process owns it"
+            ) from None
+        self._lock_file = lock
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing drops the flock
+            self._lock_file = None
+
+    def _open(self, synchronous: str) -> sqlite3.Connection:
+        # The registry actor is the only user, from its own thread; the store is
+        # opened on the starting thread so a bad file stops the start at once.
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before tables
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {synchronous}")
+            db.execute("PRAGMA busy_timeout = 5000")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreUnavailable(
+                f"the job store {self.path} cannot be read ({exc}); it was left untouched. "
+                "Move it aside or set QUEUE_DB_PATH to another file."
+            ) from None
+        return db
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise StoreUnavailable(
+                f"the job store {self.path} has schema version {version}, newer than this "
+                f"program knows ({SCHEMA_VERSION}); it was left untouched. Run a newer release "
+                "or point QUEUE_DB_PATH elsewhere."
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            logger.info("job store %s migrated to schema version %d", self.path, number)
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        """Insert a new job (committed before this returns)."""
+        self._db.execute(
+            "INSERT INTO jobs (id, kind, state, owner, seq, created_at, finished_at, record)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.kind.value, job.state.value, job.owner, job.seq, job.created_at,
+             job.finished_at, dumps(job)),
+        )
+
+    def update(self, job: Job) -> None:
+        """Write a job's new version (committed before this returns)."""
+        self._db.execute(
+            "UPDATE jobs SET state = ?, finished_at = ?, record = ? WHERE id = ?",
+            (job.state.value, job.finished_at, dumps(job), job.id),
+        )
+
+    def get(self, job_id: str) -> Job | None:
+        """Return one job, or ``None``."""
+        row = self._db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else Job.from_dict(json.loads(row[0]))
+
+    def list(
+        self,
+        *,
+        kind: JobKind | None = None,
+        state: JobState | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Return matching jobs, newest first."""
+        where, args = [], []
+        for column, value in (("kind", kind), ("state", state), ("owner", owner)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value.value if isinstance(value, JobKind | JobState) else value)
+        sql = "SELECT record FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        rows = self._db.execute(sql, (*args, max(0, limit))).fetchall()
+        return [Job.from_dict(json.loads(r[0])) for r in rows]
+
+    def active(self) -> list[Job]:
+        """Return every unfinished job, oldest first."""
+        rows = self._db.execute(
+            f"SELECT record FROM jobs WHERE state IN ({_marks(_ACTIVE)}) ORDER BY seq", _ACTIVE
+        ).fetchall()
+        return [Job.from_dict(json.loads(r[0])) for r in rows]
+
+    def counts(self) -> StateCounts:
+        """Count jobs per (kind, state)."""
+        rows = self._db.execute("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state")
+        return Counter({(JobKind(k), JobState(s)): n for k, s, n in rows})
+
+    def max_seq(self) -> int:
+        """Return the highest arrival sequence stored."""
+        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[0])
+
+    def prune_finished(
+        self, *, keep: int | None = None, finished_before: float | None = None
+    ) -> StateCounts:
+        """Delete the oldest finished jobs past ``keep`` or finished before a time."""
+        removed: StateCounts = Counter()
+        if finished_before is not None:
+            rows = self._db.execute(
+                f"DELETE FROM jobs WHERE state IN ({_marks(_FINISHED)}) AND finished_at < ?"
+                " RETURNING kind, state", (*_FINISHED, finished_before)).fetchall()
+            removed.update((JobKind(k), JobState(s)) for k, s in rows)
+        if keep is not None:
+            total = self._db.execute(
+                f"SELECT count(*) FROM jobs WHERE state IN ({_marks(_FINISHED)})", _FINISHED
+            ).fetchone()[0]
+            if total > keep:
+                rows = self._db.execute(
+                    f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN"
+                    f" ({_marks(_FINISHED)}) ORDER BY finished_at LIMIT ?) RETURNING kind, state",
+                    (*_FINISHED, total - keep)).fetchall()
+                removed.update((JobKind(k), JobState(s)) for k, s in rows)
+        return removed
+
+    def maintain(self) -> None:
+        """Give freed pages back to the file system and truncate the WAL."""
+        self._db.execute("PRAGMA incremental_vacuum")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def remove(self, job_ids: Iterable[str]) -> None:
+        """Delete jobs."""
+        self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+
+    def describe(self) -> dict[str, object]:
+        """Describe this store."""
+        return {"kind": "sqlite", "path": str(self.path), "schema_version": SCHEMA_VERSION}
+
+    def close(self) -> None:
+        """Checkpoint, close the database and release the ownership lock."""
+        try:
+            self.maintain()
+            self._db.close()
+        except sqlite3.Error:
+            logger.exception("closing the job store failed")
+        finally:
+            self._release_lock()
