@@ -114,8 +114,10 @@ class Dispatcher(TrackedActor):
     def on_receive(self, message: Any) -> Any:
         """Route one message."""
         match message:
-            case Enqueue(job=job):
-                self._enqueue(job)
+            case Enqueue(jobs=jobs):
+                for job in jobs:
+                    self._enqueue(job)
+                self._dispatch()
             case JobSucceeded():
                 self._on_succeeded(message)
             case JobFailed():
@@ -158,9 +160,8 @@ class Dispatcher(TrackedActor):
             delay = max(0.0, (job.next_attempt_at or 0.0) - self.clock.time())
             handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
             self.retrying[job.id] = (job, handle)
-            return
-        self.waiting.push(job)
-        self._dispatch()
+        else:
+            self.waiting.push(job)
 
     def _dispatchable_kinds(self) -> list[JobKind]:
         return [

@@ -96,9 +96,13 @@ class AttachDispatcher:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Enqueue:
-    """Put a stored, queued job in the waiting order (tell, from the registry)."""
+    """Put stored jobs in the waiting order, all before dispatching any (tell, from the registry).
 
-    job: Job
+    Recovery sends every unfinished job in one message, so that the first one
+    does not take a free slot before better ones behind it have arrived.
+    """
+
+    jobs: tuple[Job, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

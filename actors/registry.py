@@ -147,11 +147,11 @@ class JobRegistry(TrackedActor):
         logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority)
         return job
 
-    def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, *jobs: Job) -> None:
         # Told before the submitter gets its reply, so a following position question
         # to the Dispatcher always finds the job there.
-        if self.dispatcher is not None:
-            self.dispatcher.tell(Enqueue(job=job))
+        if self.dispatcher is not None and jobs:
+            self.dispatcher.tell(Enqueue(jobs=jobs))
 
     # --- transitions ---------------------------------------------------------------
 
@@ -215,7 +215,8 @@ class JobRegistry(TrackedActor):
         attempt counts. It is queued again, or failed if interruptions used up
         its attempts, so a job that kills the process every time cannot loop.
         """
-        recovered = interrupted = given_up = 0
+        interrupted = given_up = 0
+        recovered: list[Job] = []
         now = self.clock.time()
         for job in self.store.active():
             if job.state == JobState.PROCESSING:
@@ -232,11 +233,11 @@ class JobRegistry(TrackedActor):
                 queued = job.replace(state=JobState.QUEUED, last_error=error)
                 self._apply(job, queued)
                 job = queued
-            self._enqueue(job)
-            recovered += 1
+            recovered.append(job)
+        self._enqueue(*recovered)
         if recovered or given_up:
             logger.warning("recovered %d unfinished job(s) from the store (%d interrupted while"
-                           " processing, %d of those failed for good)", recovered + given_up,
+                           " processing, %d of those failed for good)", len(recovered) + given_up,
                            interrupted, given_up)
 
     def _schedule_purge(self) -> None:

@@ -111,6 +111,13 @@ class SqliteJobStore:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:  # checked before anything could write to the file
+                db.close()
+                raise StoreUnavailable(
+                    f"the job store {self.path} has schema version {version}, newer than this "
+                    f"program knows ({SCHEMA_VERSION}); it was left untouched. Run a newer "
+                    "release or point QUEUE_DB_PATH elsewhere."
+                )
             if version == 0:
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before tables
             db.execute("PRAGMA journal_mode = WAL")
@@ -126,13 +133,6 @@ class SqliteJobStore:
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            self._db.close()
-            raise StoreUnavailable(
-                f"the job store {self.path} has schema version {version}, newer than this "
-                f"program knows ({SCHEMA_VERSION}); it was left untouched. Run a newer release "
-                "or point QUEUE_DB_PATH elsewhere."
-            )
         for number in range(version + 1, SCHEMA_VERSION + 1):
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -230,8 +230,9 @@ class SqliteJobStore:
 
     def maintain(self) -> None:
         """Give freed pages back to the file system and truncate the WAL."""
-        self._db.execute("PRAGMA incremental_vacuum")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Through execute() the pragma frees a single page; executescript runs it to the end.
+        self._db.executescript("PRAGMA incremental_vacuum;")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def remove(self, job_ids: Iterable[str]) -> None:
         """Delete jobs."""

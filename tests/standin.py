@@ -1,0 +1,473 @@
+"""A stand-in of the QuDemo Python API (DESIGN.md §4), served on 127.0.0.1 for tests and developers.
+
+Tests start it in-process and steer it (latency, scripted replies, holds, hangs, memory readings)
+while observing what it received and how many requests were in flight at once. Developers can
+serve it by hand until Ctrl-C::
+
+    python -m tests.standin --port 5001 [--latency-video 5] [--latency-qa 1] [--memory-mb 800]
+
+Only the standard library is used, so the stand-in cannot share a bug with the client under test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = ("process-video", "ask-question", "health", "memory-status")
+DEMO_VIDEO_URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
+MEMORY_THRESHOLD_MB = 1900
+CLEANUP_THRESHOLD_MB = 1400
+DEFAULT_MEMORY_MB = 500.0
+DEFAULT_ANSWER = "This is the answer."
+_METHOD = {"process-video": "POST", "ask-question": "POST", "health": "GET", "memory-status": "GET"}
+_REQUIRED = {"process-video": ("video_url",), "ask-question": ("question", "company_name")}
+_STOP_JOIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer.
+
+    Attributes:
+        status: HTTP status of the answer.
+        body: JSON body; None means the endpoint's default success body (``{"detail": phrase}``
+            for a status >= 400, since a success body on an error would be implausible).
+        headers: Extra response headers, e.g. ``{"Retry-After": "1"}``.
+        delay_s: Wait before answering, counted in flight.
+        trickle_interval_s: Send the status line and headers, then the body one byte at a time
+            with this pause between bytes.
+        raw_body: Bytes to send instead of JSON, e.g. invalid JSON.
+        hang: Never answer; on release(endpoint) or stop(), close the connection without a reply.
+    """
+
+    status: int = 200
+    body: dict | list | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    trickle_interval_s: float | None = None
+    raw_body: bytes | None = None
+    hang: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the stand-in received.
+
+    Attributes:
+        index: Global arrival order across endpoints, from 0 (restarts at reset()).
+        endpoint: One of ENDPOINTS.
+        path: The request path as sent, e.g. "/process-video/acme".
+        body: The parsed JSON body, or None (GET, or a body that is not JSON).
+        started_at: time.monotonic() when the handler started.
+        finished_at: time.monotonic() when the answer was written or dropped; None until then.
+    """
+
+    index: int
+    endpoint: str
+    path: str
+    body: Any
+    started_at: float
+    finished_at: float | None
+
+
+class _Abort(Exception):
+    """Close the connection without a reply (a hang released, or the stand-in stopping)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _route(path: str) -> tuple[str, str] | None:
+    """Map a request path to (endpoint, company name from the path), or None."""
+    segments = urlsplit(path).path.split("/")[1:]
+    if len(segments) == 2 and segments[0] == "process-video" and segments[1]:
+        return "process-video", unquote(segments[1])
+    if len(segments) == 1 and segments[0] in ENDPOINTS[1:]:
+        return segments[0], ""
+    return None
+
+
+def _parse(endpoint: str, raw: bytes) -> tuple[Any, list[dict] | None]:
+    """Parse a request body the way FastAPI would: (body, None) or (body, 422 detail)."""
+    if endpoint not in _REQUIRED:
+        return None, None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None, [{"loc": ["body", 0], "msg": "JSON decode error", "type": "json_invalid"}]
+    if not isinstance(body, dict):
+        return body, [{"loc": ["body"], "msg": "Input should be a valid dictionary",
+                       "type": "dict_type"}]
+    detail = []
+    for name in _REQUIRED[endpoint]:
+        if name not in body:
+            detail.append({"loc": ["body", name], "msg": "Field required", "type": "missing"})
+        elif not isinstance(body[name], str):
+            detail.append({"loc": ["body", name], "msg": "Input should be a valid string",
+                           "type": "string_type"})
+    return body, detail or None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() shuts connections down and joins with a deadline instead
+
+    def __init__(self, address: tuple[str, int], standin: PythonApiStandIn) -> None:
+        self.standin = standin
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), slow in some sandboxes.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Tracked here, in the accept loop, so stop() sees every connection once shutdown() returns.
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address),
+                                  name=f"StandIn-{self.server_port}-conn", daemon=True)
+        self.standin._track(request, thread)
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.standin._untrack(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away is its own business, not a stand-in failure worth a traceback.
+        if not isinstance(sys.exc_info()[1], OSError):
+            logger.exception("stand-in failed on a request from %s", client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the client's pooled requests.Session expects
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid delayed-ACK stalls
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.info("%s %s", self.address_string(), format % args)
+
+    def _serve(self, method: str) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length, self.close_connection = 0, True
+        # Always read the whole body, or the next request on this keep-alive connection is garbage.
+        raw = self.rfile.read(length) if length > 0 else b""
+        route = _route(self.path)
+        if route is None:
+            self.write(404, json.dumps({"detail": "Not Found"}).encode())
+        elif _METHOD[route[0]] != method:
+            self.write(405, json.dumps({"detail": "Method Not Allowed"}).encode())
+        else:
+            self.server.standin._answer(self, route[0], route[1], raw)
+
+    def write(self, status: int, payload: bytes, headers: Mapping[str, str] | None = None,
+              trickle_interval_s: float | None = None,
+              stop: threading.Event | None = None) -> None:
+        """Send one response; with a trickle interval the body goes out one byte at a time."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if trickle_interval_s is None:
+            self.wfile.write(payload)
+            return
+        for i in range(len(payload)):
+            if i and stop is not None and stop.wait(trickle_interval_s):
+                raise _Abort
+            self.wfile.write(payload[i : i + 1])
+
+
+class PythonApiStandIn:
+    """A controllable fake of the Python API served on a background thread; see the module doc."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._address = (host, port)
+        self._cond = threading.Condition(threading.RLock())  # predicates re-enter the accessors
+        self._stop_event = threading.Event()  # set once, by stop(); interrupts every wait
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: dict[Any, threading.Thread] = {}
+        self._gates = {ep: threading.Event() for ep in ENDPOINTS}
+        self._held: set[str] = set()
+        self._scripts: dict[str, deque[Reply]] = {ep: deque() for ep in ENDPOINTS}
+        self._latency_s = dict.fromkeys(ENDPOINTS, 0.0)
+        self._memory_mb: float | None = DEFAULT_MEMORY_MB
+        self._memory_status: str | None = None
+        self._answer_text = DEFAULT_ANSWER
+        self._calls: list[Call] = []
+        self._in_flight = dict.fromkeys(ENDPOINTS, 0)
+        self._max_in_flight = dict.fromkeys(ENDPOINTS, 0)
+
+    # lifecycle
+    def start(self) -> PythonApiStandIn:
+        """Bind and serve on a background thread; returns self. A stand-in starts only once."""
+        with self._cond:
+            if self._server is not None:
+                raise RuntimeError("stand-in already started")
+            self._server = _Server(self._address, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name=f"StandIn-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Drop held, hanging and trickling requests, shut down, join; idempotent, never hangs."""
+        with self._cond:
+            if self._server is None or self._stop_event.is_set():
+                return
+            self._stop_event.set()
+            for gate in self._gates.values():
+                gate.set()
+            self._cond.notify_all()
+        self._server.shutdown()  # no accept after this, so the snapshot below is complete
+        with self._cond:
+            connections = dict(self._connections)
+        for sock in connections:
+            # Wakes handler threads blocked reading the next request of a keep-alive connection.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()
+        deadline = time.monotonic() + _STOP_JOIN_S
+        for thread in [self._thread, *connections.values()]:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> PythonApiStandIn:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port once started, else the requested one."""
+        return self._server.server_address[1] if self._server else self._address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL such as "http://127.0.0.1:5001"; valid after start()."""
+        if self._server is None:
+            raise RuntimeError("stand-in not started")
+        return f"http://{self._address[0]}:{self.port}"
+
+    # controls
+    def set_latency(self, endpoint: str, seconds: float) -> None:
+        """Delay non-scripted answers of endpoint by seconds."""
+        self._control(lambda: self._latency_s.__setitem__(_checked(endpoint), seconds))
+
+    def script(self, endpoint: str, *replies: Reply) -> None:
+        """Queue one-shot replies for endpoint, used in arrival order before the default answer."""
+        self._control(lambda: self._scripts[_checked(endpoint)].extend(replies))
+
+    def hold(self, endpoint: str) -> None:
+        """Make requests arriving from now on block, in flight, until release(endpoint)."""
+        self._control(lambda: self._held.add(_checked(endpoint)))
+
+    def release(self, endpoint: str) -> None:
+        """Let held and hanging requests of endpoint go on; later ones are no longer held."""
+        def _open() -> None:
+            self._held.discard(_checked(endpoint))
+            self._gates[endpoint].set()
+            if not self._stop_event.is_set():  # a fresh gate, so that later hangs hang again
+                self._gates[endpoint] = threading.Event()
+        self._control(_open)
+
+    def set_memory(self, memory_mb: float | None, status: str | None = None) -> None:
+        """Set the memory reading; None answers {"status": "error"}; status overrides thresholds."""
+        def _set() -> None:
+            self._memory_mb, self._memory_status = memory_mb, status
+        self._control(_set)
+
+    def set_answer(self, answer: str) -> None:
+        """Set the default answer text of ask-question."""
+        self._control(lambda: setattr(self, "_answer_text", answer))
+
+    def reset(self) -> None:
+        """Release all, clear scripts, latencies, counters and calls; memory back to 500 MB."""
+        with self._cond:
+            for endpoint in ENDPOINTS:
+                self.release(endpoint)
+            for queue in self._scripts.values():
+                queue.clear()
+            self._latency_s = dict.fromkeys(ENDPOINTS, 0.0)
+            self._memory_mb, self._memory_status = DEFAULT_MEMORY_MB, None
+            self._answer_text = DEFAULT_ANSWER
+            self._calls = []
+            # Requests still running stay in flight; only the high-water mark starts over.
+            self._max_in_flight = dict(self._in_flight)
+            self._cond.notify_all()
+
+    # observation
+    def in_flight(self, endpoint: str) -> int:
+        """Requests of endpoint whose answer is not fully written yet."""
+        with self._cond:
+            return self._in_flight[_checked(endpoint)]
+
+    def max_in_flight(self, endpoint: str) -> int:
+        """Highest in_flight(endpoint) seen since start or reset."""
+        with self._cond:
+            return self._max_in_flight[_checked(endpoint)]
+
+    def calls(self, endpoint: str | None = None) -> list[Call]:
+        """Requests received, in arrival order; of every endpoint when endpoint is None."""
+        with self._cond:
+            return [c for c in self._calls if endpoint is None or c.endpoint == _checked(endpoint)]
+
+    def wait_for(self, predicate: Callable[[PythonApiStandIn], bool], timeout: float = 5.0) -> bool:
+        """Block until predicate(self) holds, re-checked on every request and control change."""
+        with self._cond:
+            return bool(self._cond.wait_for(lambda: predicate(self), timeout))
+
+    def wait_in_flight(self, endpoint: str, count: int, timeout: float = 5.0) -> bool:
+        """Wait until in_flight(endpoint) >= count."""
+        return self.wait_for(lambda s: s.in_flight(endpoint) >= count, timeout)
+
+    def wait_calls(self, endpoint: str, count: int, timeout: float = 5.0) -> bool:
+        """Wait until endpoint has received at least count requests."""
+        return self.wait_for(lambda s: len(s.calls(endpoint)) >= count, timeout)
+
+    # serving (handler threads)
+    def _control(self, change: Callable[[], object]) -> None:
+        with self._cond:
+            change()
+            self._cond.notify_all()
+
+    def _track(self, sock: Any, thread: threading.Thread) -> None:
+        with self._cond:
+            self._connections[sock] = thread
+
+    def _untrack(self, sock: Any) -> None:
+        with self._cond:
+            self._connections.pop(sock, None)
+
+    def _answer(self, handler: _Handler, endpoint: str, company: str, raw: bytes) -> None:
+        body, detail = _parse(endpoint, raw)
+        with self._cond:
+            call = Call(len(self._calls), endpoint, handler.path, body, time.monotonic(), None)
+            self._calls.append(call)
+            self._in_flight[endpoint] += 1
+            self._max_in_flight[endpoint] = max(self._max_in_flight[endpoint],
+                                                self._in_flight[endpoint])
+            reply = Reply(delay_s=self._latency_s[endpoint])
+            if detail is None and self._scripts[endpoint]:
+                reply = self._scripts[endpoint].popleft()
+            gate = self._gates[endpoint]
+            held = endpoint in self._held and detail is None
+            self._cond.notify_all()
+        try:
+            if detail is not None:
+                handler.write(422, json.dumps({"detail": detail}).encode())
+                return
+            if held or reply.hang:
+                gate.wait()  # release() and stop() set it
+                if reply.hang or self._stop_event.is_set():
+                    raise _Abort
+            if reply.delay_s > 0 and self._stop_event.wait(reply.delay_s):
+                raise _Abort
+            payload = reply.raw_body
+            if payload is None:
+                payload = json.dumps(self._body(reply, endpoint, company, body)).encode()
+            handler.write(reply.status, payload, reply.headers, reply.trickle_interval_s,
+                          self._stop_event)
+        except (_Abort, OSError):  # OSError: the client went away mid-response
+            handler.close_connection = True
+        finally:
+            with self._cond:
+                self._in_flight[endpoint] -= 1
+                if call.index < len(self._calls) and self._calls[call.index] is call:
+                    self._calls[call.index] = replace(call, finished_at=time.monotonic())
+                self._cond.notify_all()
+
+    def _body(self, reply: Reply, endpoint: str, company: str, request: Any) -> Any:
+        """The scripted body, or the plausible default answer of endpoint."""
+        if reply.body is not None:
+            return reply.body
+        if reply.status >= 400:
+            try:
+                return {"detail": HTTPStatus(reply.status).phrase}
+            except ValueError:
+                return {"detail": f"Error {reply.status}"}
+        with self._cond:
+            answer, memory_mb, status = self._answer_text, self._memory_mb, self._memory_status
+        if endpoint == "health":
+            return {"status": "healthy", "timestamp": _now(), "whisper_model_loaded": True,
+                    "whisper_model_status": "loaded"}
+        if endpoint == "memory-status":
+            if memory_mb is None:
+                return {"status": "error", "error": "could not read process memory (stand-in)"}
+            status = status or ("critical" if memory_mb >= MEMORY_THRESHOLD_MB else
+                                "warning" if memory_mb >= CLEANUP_THRESHOLD_MB else "ok")
+            return {"memory_mb": memory_mb, "memory_threshold_mb": MEMORY_THRESHOLD_MB,
+                    "cleanup_threshold_mb": CLEANUP_THRESHOLD_MB, "status": status,
+                    "timestamp": _now()}
+        if endpoint == "ask-question":
+            return {"success": True, "answer": answer, "sources": [DEMO_VIDEO_URL],
+                    "video_url": DEMO_VIDEO_URL, "start": 12.5, "end": 30.0}
+        video_url = request["video_url"]
+        result = {"success": True, "video_url": video_url, "company_name": company,
+                  "title": "Demo video", "chunks_created": 12, "vectors_stored": 12,
+                  "word_count": 1500, "language": "en", "method": "whisper"}
+        return {"success": True, "message": f"Video processed successfully for {company}",
+                "company_name": company, "video_url": video_url, "result": result}
+
+
+def _checked(endpoint: str) -> str:
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
+    return endpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the stand-in by hand until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m tests.standin",
+                                     description="Serve a stand-in of the Python API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--latency-video", type=float, default=0.0, metavar="S")
+    parser.add_argument("--latency-qa", type=float, default=0.0, metavar="S")
+    parser.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(message)s")
+    standin = PythonApiStandIn(args.host, args.port)
+    standin.set_latency("process-video", args.latency_video)
+    standin.set_latency("ask-question", args.latency_qa)
+    standin.set_memory(args.memory_mb)
+    with standin:
+        print(f"Python API stand-in serving on {standin.url} (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
