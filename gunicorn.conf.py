@@ -46,6 +46,31 @@ accesslog = _env.get("GUNICORN_ACCESS_LOG", "-") or None
 loglevel = _env.get("LOG_LEVEL", "info").lower()
 limit_request_line = 8190
 limit_request_fields = 100
+# gunicorn's runtime control socket (gunicornc) is not used, and one fixed path per user
+# would make two instances on one machine collide.
+control_socket_disable = True
+
+# Application logs: one line each, with the thread (actor) that wrote it.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {
+            "format": "%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: "
+                      "%(message)s",
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain",
+                    "stream": "ext://sys.stderr"},
+    },
+    "root": {"level": loglevel.upper(), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"],
+                           "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}
 
 if _int("WEB_CONCURRENCY", 1) > 1:
     logging.getLogger("gunicorn.error").warning(

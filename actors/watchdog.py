@@ -97,9 +97,9 @@ class MemoryWatchdog(TrackedActor):
         return f"<MemoryWatchdog pressure={self.pressure} {readings}>"
 
     def on_start(self) -> None:
-        """Arm the first tick."""
+        """Take the first reading at once, so health shows real numbers from the start."""
         super().on_start()
-        self._schedule()
+        self.actor_ref.tell(CheckMemory(scheduled=True))
 
     def on_receive(self, message: Any) -> Any:
         """Handle ``CheckMemory`` and ``Inspect``."""
