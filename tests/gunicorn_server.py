@@ -51,6 +51,7 @@ class GunicornServer:
             [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
              "--pythonpath", str(REPO), "wsgi:app"],
             cwd=self.workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a crash test can kill it whole
         )
         if not self.wait_until(self._live, timeout_s):
             self.stop()
@@ -84,6 +85,12 @@ class GunicornServer:
         """Send a signal to the gunicorn master."""
         assert self.proc is not None
         self.proc.send_signal(signum)
+
+    def kill_all(self) -> None:
+        """SIGKILL the master and its worker at once: a crash, no shutdown code runs."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def wait_exit(self, timeout_s: float = 60.0) -> int:
         """Wait for the master to exit; return its exit code."""
