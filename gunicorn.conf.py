@@ -92,7 +92,7 @@ def post_worker_init(worker: Any) -> None:
         if ext is not None:
             # A thread, not the handler itself: a handler must not take the locks
             # the interrupted code may hold.
-            threading.Thread(target=ext.system.begin_drain, name="drain-signal").start()
+            threading.Thread(target=ext.begin_drain, name="drain-signal").start()
         if callable(original):
             original(signum, frame)
 

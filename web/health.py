@@ -1,0 +1,131 @@
+"""Health probes: ``/health`` (the seed's shape), ``/health/live``, ``/health/ready``.
+
+``/health`` answers 200 ``healthy`` or ``degraded`` (a queue paused, memory pressure, the
+Python API unreachable or unhealthy, draining) and 503 ``unhealthy`` when an actor of
+the core is dead or the core does not answer. ``memory.node`` repeats ``memory.process``
+for the dashboards built on the Node backend. ``/health/live`` is 200 whenever the process
+answers; ``/health/ready`` is 200 while the core is alive and accepting, else 503 with
+``Retry-After`` (a draining instance must leave the load balancer). All three are exempt
+from the rate limit and need no token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from web.context import job_system
+from web.present import iso
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__)
+
+NOT_READY_RETRY_AFTER_S = 10
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Report memory, queues, concurrency and an overall status."""
+    system = job_system()
+    try:
+        snapshot = system.snapshot()
+        alive = system.alive
+    except Exception as exc:  # a probe reports a broken core; it must never 500
+        logger.warning("health: job system did not answer: %s", exc)
+        return _reply(503, "unhealthy", ["job system not answering"], None)
+    reasons = _degraded_reasons(snapshot)
+    if not alive:
+        return _reply(503, "unhealthy", ["an actor of the job system is dead", *reasons],
+                      snapshot)
+    return _reply(200, "degraded" if reasons else "healthy", reasons, snapshot)
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    """Answer 200 whenever the process answers."""
+    return jsonify({"status": "alive", "timestamp": iso(time.time())})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    """Answer 200 while the core is alive and accepting jobs, else 503 with Retry-After."""
+    system = job_system()
+    try:
+        alive, accepting = system.alive, system.accepting
+    except Exception as exc:  # same as above: a probe answers, it does not crash
+        logger.warning("readiness: job system did not answer: %s", exc)
+        alive = accepting = False
+    reasons = [text for ok, text in ((alive, "job system not alive"),
+                                     (accepting, "not accepting jobs (draining or stopped)"))
+               if not ok]
+    response = jsonify({"status": "not ready" if reasons else "ready", "reasons": reasons,
+                        "timestamp": iso(time.time())})
+    if reasons:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(NOT_READY_RETRY_AFTER_S)
+    return response
+
+
+def _degraded_reasons(snapshot: dict[str, Any]) -> list[str]:
+    reasons = [f"{name} queue paused ({', '.join(k.get('pause_reasons') or ['?'])})"
+               for name, k in snapshot.get("kinds", {}).items() if k.get("paused")]
+    memory = snapshot.get("memory", {})
+    python = memory.get("python_api", {})
+    if memory.get("pressure"):
+        reasons.append("memory pressure")
+    if memory.get("checked_at") is None:
+        pass  # no reading yet: nothing is known to be wrong
+    elif not python.get("reachable", False):
+        reasons.append("Python API unreachable")
+    elif python.get("status") in ("critical", "error"):
+        reasons.append(f"Python API memory status {python.get('status')}")
+    if snapshot.get("draining") or not snapshot.get("accepting", True):
+        reasons.append("not accepting jobs (draining or stopped)")
+    return reasons
+
+
+def _reply(status: int, overall: str, reasons: list[str],
+           snapshot: dict[str, Any] | None) -> Response:
+    body: dict[str, Any] = {"status": overall, "timestamp": iso(time.time()),
+                            "reasons": reasons}
+    if snapshot is not None:
+        body["health"] = _details(snapshot)
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
+    memory = snapshot.get("memory", {})
+    python = memory.get("python_api", {})
+    process = {"rss": memory.get("process_rss_mb")}
+    kinds = snapshot.get("kinds", {})
+    pools = snapshot.get("pools", {})
+    return {
+        "memory": {
+            "process": process,
+            "node": dict(process),  # kept for dashboards built on the Node backend
+            "python": {"memory_mb": python.get("memory_mb"),
+                       "status": python.get("status", "unknown"),
+                       "reachable": bool(python.get("reachable", False))},
+            "thresholdMb": memory.get("threshold_mb"),
+            "pressure": bool(memory.get("pressure", False)),
+        },
+        "queues": {
+            name: {"waiting": k.get("waiting", 0), "activeJobs": k.get("running", 0),
+                   "retrying": k.get("retrying", 0), "paused": bool(k.get("paused", False))}
+            for name, k in kinds.items()
+        },
+        "concurrency": {
+            name: {"active": k.get("running", 0), "max": k.get("max_concurrent"),
+                   "workers": pools.get(name, {}).get("size"),
+                   "workersAlive": pools.get(name, {}).get("alive")}
+            for name, k in kinds.items()
+        },
+        "accepting": bool(snapshot.get("accepting", False)),
+        "draining": bool(snapshot.get("draining", False)),
+    }

@@ -1,0 +1,101 @@
+"""Routes on single jobs: read, cancel, retry; and a caller's job list.
+
+A job of another owner is answered exactly like a job that does not exist (404), and so is
+a job asked for under the other kind (``/jobs/qa/<id of a video job>``).
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import TypeVar
+
+from flask import Blueprint, Response, jsonify, request
+
+from actors.errors import JobNotFound
+from actors.jobs import Job, JobKind, JobState
+from web.auth import current_principal, require_user
+from web.context import job_system
+from web.errors import RequestInvalid
+from web.models import EXTERNAL_ID, JOB_ID, check_path_id
+from web.present import accepted, job_json
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("jobs", __name__)
+E = TypeVar("E", bound=Enum)
+
+JOB_PATH = "/api/queue/jobs/<any(video, qa):kind>/<job_id>"
+MAX_LIST = 500
+
+
+@bp.get(JOB_PATH)
+@require_user
+def get_job(kind: str, job_id: str) -> Response:
+    """Return one job with its status, timestamps, attempts, error and result."""
+    job = _visible_job(kind, job_id)
+    position = job_system().queue_position(job.id) if job.state is JobState.QUEUED else None
+    return jsonify({"success": True, "data": job_json(job, position)})
+
+
+@bp.delete(JOB_PATH)
+@require_user
+def cancel_job(kind: str, job_id: str) -> Response:
+    """Cancel a job that is still waiting (queued or retrying); 409 otherwise."""
+    job = job_system().cancel(_visible_job(kind, job_id).id)
+    logger.info("job %s: cancelled by %s", job.id, current_principal().user_id)
+    return jsonify({"success": True, "message": "Job cancelled", "data": job_json(job)})
+
+
+@bp.post(JOB_PATH + "/retry")
+@require_user
+def retry_job(kind: str, job_id: str) -> Response:
+    """Queue a failed job again; 409 unless it failed."""
+    submission = job_system().retry(_visible_job(kind, job_id).id)
+    logger.info("job %s: retry asked by %s", job_id, current_principal().user_id)
+    return accepted(submission, "Job queued again")
+
+
+@bp.get("/api/queue/jobs")
+@require_user
+def list_jobs() -> Response:
+    """List the caller's jobs (an admin's: everyone's, or one ``owner``'s), newest first."""
+    principal = current_principal()
+    args = request.args
+    problems: list[dict[str, str]] = []
+    kind = _enum(JobKind, args.get("type") or args.get("kind"), "type", problems)
+    state = _enum(JobState, args.get("status"), "status", problems)
+    limit_text = args.get("limit", "100")
+    limit = int(limit_text) if limit_text.isdigit() and len(limit_text) < 5 else 0
+    if not 1 <= limit <= MAX_LIST:
+        problems.append({"field": "limit", "message": f"must be an integer from 1 to {MAX_LIST}"})
+    owner = args.get("owner") if principal.is_admin else principal.user_id
+    if owner is not None and not EXTERNAL_ID.match(owner) and owner != principal.user_id:
+        problems.append({"field": "owner", "message": "has an invalid length or characters"})
+    if problems:
+        raise RequestInvalid(details=problems)
+    jobs = job_system().list_jobs(kind=kind, state=state, owner=owner, limit=limit)
+    return jsonify({"success": True, "data": [job_json(job) for job in jobs]})
+
+
+def _visible_job(kind: str, job_id: str) -> Job:
+    """Return the job if it exists, is of ``kind`` and the caller may see it; else 404."""
+    problems = check_path_id(job_id, "jobId", JOB_ID)
+    if problems:
+        raise RequestInvalid(details=problems)
+    job = job_system().get(job_id)
+    if job.kind.value != kind or not current_principal().can_see(job):
+        raise JobNotFound()
+    return job
+
+
+def _enum(enum: type[E], value: str | None, field: str,
+          problems: list[dict[str, str]]) -> E | None:
+    if value is None or value == "":
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)
+        problems.append({"field": field, "message": f"must be one of {choices}"})
+        return None

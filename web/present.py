@@ -1,0 +1,99 @@
+"""How jobs, submissions and waits look on the wire (the seed README's shapes).
+
+Times are ISO-8601 UTC strings with milliseconds and a ``Z`` (what the Node backend's
+``Date.toISOString`` produced). A wait is a human range such as ``"10-30 seconds"`` or
+``"4-10 minutes"``: from half to one and a half times the estimate, rounded outwards,
+never ``NaN``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, jsonify
+
+from actors.jobs import Job, JobState, thaw
+
+if TYPE_CHECKING:
+    from actors.system import Submission
+
+LOW, HIGH = 0.5, 1.5
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Return epoch seconds as ``2024-01-01T00:00:00.000Z`` (``None`` stays ``None``)."""
+    if timestamp is None or not math.isfinite(timestamp):
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wait_range(seconds: float | None) -> str:
+    """Return a human range around ``seconds`` (``"under 10 seconds"`` ... ``"1-3 hours"``)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        seconds = 0.0
+    low, high = seconds * LOW, seconds * HIGH
+    for unit, size, step, limit in (("seconds", 1, 5, 60), ("minutes", 60, 1, 3600)):
+        if high < limit:
+            lo = math.floor(low / size / step) * step
+            hi = max(math.ceil(high / size / step) * step, lo + step)
+            return _range(lo, hi, unit)
+    lo, hi = math.floor(low / 3600), math.ceil(high / 3600)
+    return _range(lo, max(hi, lo + 1), "hours")
+
+
+def _range(lo: int, hi: int, unit: str) -> str:
+    if lo <= 0:
+        return f"under {hi} {unit[:-1] if hi == 1 else unit}"
+    return f"{lo}-{hi} {unit}"
+
+
+def job_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
+    """Return the public view of ``job`` (``GET /api/queue/jobs/<kind>/<id>``)."""
+    finished = iso(job.finished_at)
+    return {
+        "id": job.id,
+        "type": job.kind.value,
+        "status": job.state.value,
+        "priority": job.priority,
+        "createdAt": iso(job.created_at),
+        "startedAt": iso(job.started_at),
+        "completedAt": finished if job.state is JobState.COMPLETED else None,
+        "failedAt": finished if job.state is JobState.FAILED else None,
+        "cancelledAt": finished if job.state is JobState.CANCELLED else None,
+        "nextAttemptAt": iso(job.next_attempt_at) if job.state is JobState.RETRYING else None,
+        "attempts": job.attempts,
+        "maxAttempts": job.max_attempts,
+        "queuePosition": queue_position,
+        "lastError": job.last_error,
+        "result": thaw(job.result) if job.result is not None else None,
+        "data": thaw(job.data),
+    }
+
+
+def location(job: Job) -> str:
+    """Return the path where ``job`` can be read."""
+    return f"/api/queue/jobs/{job.kind.value}/{job.id}"
+
+
+def accepted(submission: Submission, message: str) -> Response:
+    """Return the 202 reply to an accepted submission, with a ``Location`` header."""
+    wait_s = submission.estimated_wait_s
+    wait_s = wait_s if wait_s is not None and math.isfinite(wait_s) and wait_s >= 0 else 0.0
+    response = jsonify({
+        "success": True,
+        "message": message,
+        "data": {
+            "jobId": submission.job.id,
+            "type": submission.job.kind.value,
+            "queuePosition": submission.queue_position,
+            "estimatedWaitTime": wait_range(wait_s),
+            "estimatedWaitSeconds": round(wait_s, 1),
+            "status": JobState.QUEUED.value,
+        },
+    })
+    response.status_code = 202
+    response.headers["Location"] = location(submission.job)
+    return response

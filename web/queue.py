@@ -1,0 +1,125 @@
+"""Routes on the queues as a whole: status, a monitor line, and operator pause/resume.
+
+Status and monitor need an authenticated caller; pause and resume need an admin (the old
+backend let anyone stop the queue for good). An operator pause is lifted only by an
+operator resume: the memory watchdog's own pause has its own reason and is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from actors.jobs import JobKind
+from web.auth import current_principal, require_admin, require_user
+from web.context import job_system
+from web.present import iso
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("queue", __name__)
+
+OPERATOR = "operator"
+KIND_PATH = "/api/queue/<any(video, qa):kind>"
+
+
+def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Return the public status of the queues from a job-system snapshot."""
+    kinds = {
+        name: {
+            "waiting": k.get("waiting", 0),
+            "activeJobs": k.get("running", 0),
+            "retrying": k.get("retrying", 0),
+            "completed": k.get("completed", 0),
+            "failed": k.get("failed", 0),
+            "cancelled": k.get("cancelled", 0),
+            "maxConcurrent": k.get("max_concurrent"),
+            "maxWaiting": k.get("max_waiting"),
+            "paused": bool(k.get("paused", False)),
+            "pauseReasons": list(k.get("pause_reasons", [])),
+            "avgDurationSeconds": k.get("avg_duration_s"),
+        }
+        for name, k in snapshot.get("kinds", {}).items()
+    }
+    memory = snapshot.get("memory", {})
+    python = memory.get("python_api", {})
+    return {
+        "timestamp": iso(time.time()),
+        "accepting": bool(snapshot.get("accepting", False)),
+        "draining": bool(snapshot.get("draining", False)),
+        "queues": kinds,
+        "memory": {
+            "processRssMb": memory.get("process_rss_mb"),
+            "python": {"memoryMb": python.get("memory_mb"),
+                       "status": python.get("status", "unknown"),
+                       "reachable": bool(python.get("reachable", False))},
+            "thresholdMb": memory.get("threshold_mb"),
+            "maxMemoryMb": memory.get("max_memory_mb"),
+            "pressure": bool(memory.get("pressure", False)),
+            "admissionRefused": bool(memory.get("admission_refused", False)),
+            "checkedAt": iso(memory.get("checked_at")),
+        },
+    }
+
+
+def summary_line(status: dict[str, Any]) -> str:
+    """Return a one-line summary of ``queue_status`` output for logs."""
+    parts = []
+    for name, q in status["queues"].items():
+        paused = " PAUSED(" + ",".join(q["pauseReasons"]) + ")" if q["paused"] else ""
+        parts.append(f"{name}: waiting={q['waiting']} active={q['activeJobs']}/"
+                     f"{q['maxConcurrent']} retrying={q['retrying']} done={q['completed']} "
+                     f"failed={q['failed']}{paused}")
+    memory = status["memory"]
+    rss = memory["processRssMb"]
+    python = memory["python"]
+    parts.append(f"memory: rss={'?' if rss is None else f'{rss:.0f}'}MB "
+                 f"python={python['memoryMb'] if python['memoryMb'] is not None else '?'}MB "
+                 f"({python['status']}){' PRESSURE' if memory['pressure'] else ''}")
+    if status["draining"]:
+        parts.append("DRAINING")
+    return " | ".join(parts)
+
+
+@bp.get("/api/queue/status")
+@require_user
+def status() -> Response:
+    """Return per-kind counts, limits, pause state and memory readings."""
+    return jsonify({"success": True, "data": queue_status(job_system().snapshot())})
+
+
+@bp.get("/api/queue/monitor")
+@require_user
+def monitor() -> Response:
+    """Log a one-line summary of the queues and return it with the full status."""
+    data = queue_status(job_system().snapshot())
+    line = summary_line(data)
+    logger.info("queue monitor: %s", line)
+    return jsonify({"success": True, "data": {"summary": line, **data}})
+
+
+@bp.post(KIND_PATH + "/pause")
+@require_admin
+def pause(kind: str) -> Response:
+    """Stop dispatching jobs of ``kind`` (they keep queueing); admin only."""
+    job_system().pause(JobKind(kind), OPERATOR)
+    logger.warning("queue %s paused by %s", kind, current_principal().user_id)
+    return _kind_state(kind, f"{kind} queue paused")
+
+
+@bp.post(KIND_PATH + "/resume")
+@require_admin
+def resume(kind: str) -> Response:
+    """Lift the operator pause of ``kind``; admin only."""
+    job_system().resume(JobKind(kind), OPERATOR)
+    logger.warning("queue %s resumed by %s", kind, current_principal().user_id)
+    return _kind_state(kind, f"{kind} queue resumed")
+
+
+def _kind_state(kind: str, message: str) -> Response:
+    queues = queue_status(job_system().snapshot())["queues"]
+    return jsonify({"success": True, "message": message, "data": {"type": kind,
+                                                                   **queues.get(kind, {})}})

@@ -1,0 +1,185 @@
+"""Settings of the web layer, read once from the environment together with the core's.
+
+``load_settings`` reads ``actors.settings.Settings`` and ``WebSettings`` through one
+``EnvReader`` so that a bad deployment is told about every bad variable at once.
+
+Decisions worth knowing (the README's configuration table repeats them):
+
+* ``CORS_ORIGINS`` defaults to nothing: no ``Access-Control-Allow-*`` header is sent, so
+  browsers allow only same-origin pages. List origins (``https://app.example.com``,
+  comma-separated) to open the API to a web client on another origin; ``*`` is accepted
+  but never with credentials (the API uses bearer tokens, not cookies).
+* ``VIDEO_URL_ALLOWED_HOSTS`` entries match a URL's host exactly (case-insensitive, one
+  trailing dot ignored). An entry written ``*.example.com`` matches every subdomain of
+  ``example.com`` but not ``example.com`` itself; list both if both are wanted. IP
+  literals are refused as entries, as they are in URLs.
+* ``JWT_SECRET`` unset outside production turns authentication off (every request acts
+  as the local admin, see ``web.auth``); in production it is required. A secret shorter
+  than 32 bytes is refused everywhere: HS256 needs a key at least as long as its hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from actors.errors import SettingsError
+from actors.settings import EnvReader, Settings, merged_environ
+from web.video_urls import is_ip_literal, valid_hostname
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VIDEO_HOSTS: tuple[str, ...] = (
+    "youtube.com", "www.youtube.com", "m.youtube.com", "youtu.be",
+    "loom.com", "www.loom.com", "vimeo.com", "player.vimeo.com",
+)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MIN_JWT_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSettings:
+    """Configuration of the HTTP layer; build with ``load_settings`` or directly in tests."""
+
+    jwt_secret: str | None = field(default=None, repr=False)
+    environment: str = "development"
+    cors_origins: tuple[str, ...] = ()
+    rate_limit_max_requests: int = 200
+    rate_limit_window_s: int = 900
+    rate_limit_storage_uri: str = "memory://"
+    trust_proxy: int = 0
+    video_url_allowed_hosts: tuple[str, ...] = DEFAULT_VIDEO_HOSTS
+    max_body_bytes: int = 65536
+    log_level: str = "info"
+
+    @property
+    def production(self) -> bool:
+        """Whether this runs in production (``APP_ENV``/``NODE_ENV`` is ``production``)."""
+        return self.environment == "production"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether bearer tokens are required (a ``JWT_SECRET`` is set)."""
+        return self.jwt_secret is not None
+
+    @property
+    def rate_limit(self) -> str:
+        """The limit in flask-limiter's notation, e.g. ``200 per 900 second``."""
+        return f"{self.rate_limit_max_requests} per {self.rate_limit_window_s} second"
+
+    def problems(self) -> list[str]:
+        """Return what is wrong with these values (empty when they are usable)."""
+        found: list[str] = []
+        if self.production and not self.jwt_secret:
+            found.append("JWT_SECRET is required when APP_ENV (or NODE_ENV) is production")
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            found.append(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes for HS256 "
+                         "(python -c 'import secrets; print(secrets.token_hex(32))')")
+        for origin in self.cors_origins:
+            if origin != "*" and not _is_origin(origin):
+                found.append(f"CORS_ORIGINS entry {origin!r} is not an origin such as "
+                             "https://app.example.com")
+        for host in self.video_url_allowed_hosts:
+            bare = host[2:] if host.startswith("*.") else host
+            if is_ip_literal(bare) or not valid_hostname(bare):
+                found.append(f"VIDEO_URL_ALLOWED_HOSTS entry {host!r} is not a host name")
+        if not self.video_url_allowed_hosts:
+            found.append("VIDEO_URL_ALLOWED_HOSTS must list at least one host")
+        scheme = self.rate_limit_storage_uri.split("://", 1)[0]
+        if "://" not in self.rate_limit_storage_uri or scheme not in _storage_schemes():
+            found.append(f"RATE_LIMIT_STORAGE_URI={self.rate_limit_storage_uri!r} is not a "
+                         "storage URI such as memory:// or redis://host:6379")
+        if self.log_level not in LOG_LEVELS:
+            found.append(f"LOG_LEVEL={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        return found
+
+    @classmethod
+    def read(cls, env: EnvReader) -> WebSettings:
+        """Read web settings through ``env``, leaving problems in ``env.problems``."""
+        d = cls()
+        window_ms = env.number("RATE_LIMIT_WINDOW_MS", 900000, minimum=1000)
+        settings = cls(
+            jwt_secret=env.raw("JWT_SECRET"),
+            environment=(env.raw("APP_ENV") or env.raw("NODE_ENV") or d.environment).lower(),
+            cors_origins=tuple(o.rstrip("/") for o in _split(env.raw("CORS_ORIGINS"))),
+            rate_limit_max_requests=env.number("RATE_LIMIT_MAX_REQUESTS", 200, allow_zero=False),
+            # limits counts windows in whole seconds; round up so a window is never shortened.
+            rate_limit_window_s=max(1, math.ceil(window_ms / 1000)),
+            rate_limit_storage_uri=env.text("RATE_LIMIT_STORAGE_URI", d.rate_limit_storage_uri),
+            trust_proxy=env.number("TRUST_PROXY", 0, maximum=10),
+            video_url_allowed_hosts=(
+                tuple(h.rstrip(".") for h in _split(env.raw("VIDEO_URL_ALLOWED_HOSTS")))
+                or d.video_url_allowed_hosts
+            ),
+            max_body_bytes=env.number("MAX_BODY_BYTES", 65536, minimum=1024,
+                                      maximum=16 * 1024 * 1024),
+            log_level=env.choice("LOG_LEVEL", d.log_level, LOG_LEVELS),
+        )
+        env.problems.extend(settings.problems())
+        return settings
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    """Everything the app factory needs: the core's settings and the web layer's."""
+
+    core: Settings = field(default_factory=Settings)
+    web: WebSettings = field(default_factory=WebSettings)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env"
+) -> AppSettings:
+    """Read core and web settings from ``environ`` (and ``.env``) through one reader.
+
+    Raises:
+        SettingsError: naming every variable whose value is bad, core and web alike.
+    """
+    reader = EnvReader(merged_environ(environ, dotenv_path))
+    core = Settings.read(reader)
+    web = WebSettings.read(reader)
+    if reader.problems:
+        raise SettingsError(reader.problems)
+    return AppSettings(core=core, web=web)
+
+
+def configure_logging(settings: WebSettings) -> None:
+    """Set up root logging at ``LOG_LEVEL`` with thread names, unless already configured."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s",
+    )
+    logging.getLogger().setLevel(settings.log_level.upper())
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
+
+
+def _is_origin(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.path.strip("/")
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )
+
+
+def _storage_schemes() -> frozenset[str]:
+    import limits.storage  # only needed while validating
+
+    # limits keeps its registry of schemes in a module attribute it does not export.
+    registered = getattr(limits.storage, "SCHEMES", None)
+    return frozenset(registered or ("memory", "redis", "rediss", "memcached", "mongodb"))
