@@ -10,10 +10,12 @@ import sys
 
 from actors.errors import SettingsError
 from web import create_app
-from web.settings import load_settings
+from web.settings import configure_logging, load_settings
 
 try:
-    app = create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.web)  # a no-op under gunicorn, whose logconfig_dict comes first
+    app = create_app(settings)
 except SettingsError as exc:
     sys.stderr.write(f"qudemo-jobs: {exc}\n")
     raise SystemExit(2) from None

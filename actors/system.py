@@ -60,7 +60,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """An accepted job and where it stands in its queue."""
+    """An accepted job and where it stands in its queue.
+
+    ``queue_position`` is 1-based among the waiting jobs of its kind, in the real
+    dispatch order; 0 means a worker already has the job.
+    """
 
     job: Job
     queue_position: int
