@@ -33,6 +33,7 @@ from actors.messages import (
     Transition,
     WorkerCrashed,
 )
+from actors.metrics import JobMetrics
 from actors.pool import WorkerPool
 from actors.python_api import PythonApiClient
 from actors.scheduling import DurationEstimate, WaitingQueue, backoff_delay_s, estimate_wait_s
@@ -65,9 +66,12 @@ class Dispatcher(TrackedActor):
         timers: TimerService,
         clock: Clock,
         rng: random.Random | None = None,
+        metrics: JobMetrics | None = None,
         threads: list[threading.Thread] | None = None,
     ) -> None:
         super().__init__(threads=threads)
+        self.metrics = metrics or JobMetrics()
+        self.queued_since: dict[str, float] = {}  # job id -> when it (re)entered the queue
         self.settings = settings
         self.registry = registry
         self.client = client
@@ -162,6 +166,7 @@ class Dispatcher(TrackedActor):
             self.retrying[job.id] = (job, handle)
         else:
             self.waiting.push(job)
+            self.queued_since[job.id] = self.clock.time()
 
     def _dispatchable_kinds(self) -> list[JobKind]:
         return [
@@ -183,6 +188,7 @@ class Dispatcher(TrackedActor):
     def _start(self, job: Job) -> None:
         attempt = job.attempts + 1
         now = self.clock.time()
+        self.metrics.attempt_started(job.kind, now - self.queued_since.pop(job.id, now))
         job = job.replace(state=JobState.PROCESSING, attempts=attempt, started_at=now)
         worker_id, worker = self.pools[job.kind].acquire(job.id)
         self.running[job.id] = _Running(job, worker_id, self.clock.monotonic())
@@ -207,6 +213,7 @@ class Dispatcher(TrackedActor):
         entry = self._finish_attempt(message.job_id, message.worker_id)
         if entry is not None:
             self.durations[entry.job.kind].observe(message.duration_s)
+            self.metrics.attempt_ended(entry.job.kind, message.duration_s)
             self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
                                           at=self.clock.time(), result=message.result))
             logger.info("job %s completed in %.2fs", message.job_id, message.duration_s)
@@ -215,6 +222,7 @@ class Dispatcher(TrackedActor):
     def _on_failed(self, message: JobFailed) -> None:
         entry = self._finish_attempt(message.job_id, message.worker_id)
         if entry is not None:
+            self.metrics.attempt_ended(entry.job.kind, message.duration_s)
             error = f"{message.error_type}: {message.error}"
             self._retry_or_fail(entry.job, error, message.retryable, message.retry_after_s)
         self._after_outcome()
@@ -245,6 +253,7 @@ class Dispatcher(TrackedActor):
                                 next_attempt_at=now + delay)
             handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
             self.retrying[job.id] = (retry, handle)
+            self.metrics.attempt_retried(job.kind)
             self.registry.tell(Transition(job_id=job.id, target=JobState.RETRYING, at=now,
                                           error=error, next_attempt_at=now + delay,
                                           retry_delay_s=delay))
@@ -264,6 +273,7 @@ class Dispatcher(TrackedActor):
         job = pending[0].replace(state=JobState.QUEUED, next_attempt_at=None)
         self.registry.tell(Transition(job_id=job_id, target=JobState.QUEUED, at=self.clock.time()))
         self.waiting.push(job)
+        self.queued_since[job_id] = self.clock.time()
         self._dispatch()
 
     def _after_outcome(self) -> None:
@@ -280,6 +290,7 @@ class Dispatcher(TrackedActor):
 
     def _cancel(self, job_id: str) -> bool:
         job = self.waiting.remove(job_id)
+        self.queued_since.pop(job_id, None)
         if job is None and job_id in self.retrying:
             job, handle = self.retrying.pop(job_id)
             handle.cancel()

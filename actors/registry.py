@@ -39,6 +39,7 @@ from actors.messages import (
     Transition,
     TrimHistory,
 )
+from actors.metrics import JobMetrics
 from actors.settings import Settings
 from actors.store import JobStore
 from actors.timers import Clock, TimerService
@@ -57,9 +58,11 @@ class JobRegistry(TrackedActor):
         store: JobStore,
         timers: TimerService,
         clock: Clock,
+        metrics: JobMetrics | None = None,
         threads: list[threading.Thread] | None = None,
     ) -> None:
         super().__init__(threads=threads)
+        self.metrics = metrics or JobMetrics()
         self.settings = settings
         self.store = store
         self.timers = timers
@@ -141,6 +144,7 @@ class JobRegistry(TrackedActor):
         job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
         self.store.add(job)  # durability point: once this returns the job is accepted
         self.counts[job.kind, job.state] += 1
+        self.metrics.job_submitted(job.kind)
         if job.dedupe_key:
             self.active_keys[job.dedupe_key] = job.id
         self._enqueue(job)
@@ -174,6 +178,7 @@ class JobRegistry(TrackedActor):
         self.counts[old.kind, old.state] -= 1
         self.counts[new.kind, new.state] += 1
         if new.state in FINISHED_STATES:
+            self.metrics.job_finished(new.kind, new.state)
             if new.dedupe_key and self.active_keys.get(new.dedupe_key) == new.id:
                 del self.active_keys[new.dedupe_key]
             if self.finished_total() > self.settings.retention_max_jobs:

@@ -47,6 +47,7 @@ from actors.messages import (
     Resume,
     StopWorkers,
 )
+from actors.metrics import JobMetrics
 from actors.python_api import PythonApiClient
 from actors.registry import JobRegistry
 from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
@@ -102,6 +103,7 @@ class JobSystem:
         self._dispatcher: pykka.ActorRef[Any] | None = None
         self._watchdog: pykka.ActorRef[Any] | None = None
         self._threads: list[threading.Thread] = []
+        self.metrics = JobMetrics()
         self._idle = threading.Event()
         self._stopping = False
 
@@ -120,11 +122,12 @@ class JobSystem:
             self.timers.start()
             self._registry = JobRegistry.start(
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,
-                threads=self._threads,
+                metrics=self.metrics, threads=self._threads,
             )
             self._dispatcher = Dispatcher.start(
                 self.settings, registry=self._registry, client=self.client,
-                timers=self.timers, clock=self.clock, rng=self._rng, threads=self._threads,
+                timers=self.timers, clock=self.clock, rng=self._rng, metrics=self.metrics,
+                threads=self._threads,
             )
             self._registry.tell(AttachDispatcher(dispatcher=self._dispatcher))
             self._watchdog = MemoryWatchdog.start(
