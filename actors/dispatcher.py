@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 
 from actors.jobs import Job, JobKind, JobState
+from actors.logs import job_fields
 from actors.messages import (
     CancelJob,
     Drain,
@@ -195,7 +196,8 @@ class Dispatcher(TrackedActor):
         self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
                                       attempts=attempt))
         logger.info("job %s (%s) attempt %d/%d started on %s", job.id, job.kind.value,
-                    attempt, job.max_attempts, worker_id)
+                    attempt, job.max_attempts, worker_id,
+                    extra=job_fields(job.id, job.kind, "started", attempt))
         worker.tell(RunJob(job_id=job.id, data=job.data, attempt=attempt,
                            timeout_s=self.settings.job_timeout_s))
 
@@ -216,7 +218,9 @@ class Dispatcher(TrackedActor):
             self.metrics.attempt_ended(entry.job.kind, message.duration_s)
             self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
                                           at=self.clock.time(), result=message.result))
-            logger.info("job %s completed in %.2fs", message.job_id, message.duration_s)
+            logger.info("job %s completed in %.2fs", message.job_id, message.duration_s,
+                        extra=job_fields(message.job_id, entry.job.kind, "completed",
+                                         entry.job.attempts))
         self._after_outcome()
 
     def _on_failed(self, message: JobFailed) -> None:
@@ -258,13 +262,13 @@ class Dispatcher(TrackedActor):
                                           error=error, next_attempt_at=now + delay,
                                           retry_delay_s=delay))
             logger.info("job %s attempt %d failed (%s); retry in %.2fs", job.id, job.attempts,
-                        error, delay)
+                        error, delay, extra=job_fields(job.id, job.kind, "retrying", job.attempts))
         else:
             why = "permanent failure" if not retryable else "attempts used up"
             self.registry.tell(Transition(job_id=job.id, target=JobState.FAILED, at=now,
                                           error=error))
             logger.warning("job %s failed after %d attempt(s), %s: %s", job.id, job.attempts,
-                           why, error)
+                           why, error, extra=job_fields(job.id, job.kind, "failed", job.attempts))
 
     def _on_retry_due(self, job_id: str) -> None:
         pending = self.retrying.pop(job_id, None)
@@ -298,7 +302,8 @@ class Dispatcher(TrackedActor):
             return False
         self.registry.tell(Transition(job_id=job_id, target=JobState.CANCELLED,
                                       at=self.clock.time()))
-        logger.info("job %s cancelled", job_id)
+        logger.info("job %s cancelled", job_id,
+                    extra=job_fields(job_id, job.kind, "cancelled", job.attempts))
         return True
 
     def _pause(self, kind: JobKind, reason: str) -> None:

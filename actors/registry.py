@@ -26,6 +26,7 @@ from actors.errors import (
     QueueFull,
 )
 from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, is_legal
+from actors.logs import job_fields
 from actors.messages import (
     AddJob,
     AttachDispatcher,
@@ -148,7 +149,8 @@ class JobRegistry(TrackedActor):
         if job.dedupe_key:
             self.active_keys[job.dedupe_key] = job.id
         self._enqueue(job)
-        logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority)
+        logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority,
+                    extra=job_fields(job.id, job.kind, "accepted", 0))
         return job
 
     def _enqueue(self, *jobs: Job) -> None:
@@ -199,7 +201,8 @@ class JobRegistry(TrackedActor):
         if new.dedupe_key:
             self.active_keys[new.dedupe_key] = new.id
         self._enqueue(new)
-        logger.info("job %s re-queued by request", job_id)
+        logger.info("job %s re-queued by request", job_id,
+                    extra=job_fields(job_id, new.kind, "requeued", 0))
         return new
 
     # --- retention -----------------------------------------------------------------
@@ -233,10 +236,13 @@ class JobRegistry(TrackedActor):
                     self._apply(job, job.replace(
                         state=JobState.FAILED, finished_at=now, next_attempt_at=None,
                         last_error=f"{error}; attempts used up by interruptions"))
-                    logger.error("job %s failed: %s; attempts used up", job.id, error)
+                    logger.error("job %s failed: %s; attempts used up", job.id, error,
+                                 extra=job_fields(job.id, job.kind, "failed", job.attempts))
                     continue
                 queued = job.replace(state=JobState.QUEUED, last_error=error)
                 self._apply(job, queued)
+                logger.warning("job %s: %s; queued again", job.id, error,
+                               extra=job_fields(job.id, job.kind, "interrupted", job.attempts))
                 job = queued
             recovered.append(job)
         self._enqueue(*recovered)

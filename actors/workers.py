@@ -102,7 +102,8 @@ class Worker(TrackedActor):
         retryable: bool,
         retry_after_s: float | None,
     ) -> JobFailed:
-        logger.info("job %s attempt %d failed in %s: %s", message.job_id, message.attempt,
+        # The Dispatcher logs the decision (retry or fail); this is the detail.
+        logger.debug("job %s attempt %d failed in %s: %s", message.job_id, message.attempt,
                     self.worker_id, error)
         return JobFailed(
             job_id=message.job_id,
