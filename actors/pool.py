@@ -18,6 +18,7 @@ import pykka
 from actors.jobs import JobKind
 from actors.python_api import PythonApiClient
 from actors.timers import Clock
+from actors.tracked import mailbox_depth
 from actors.workers import WORKER_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class WorkerPool:
             "workers": {
                 worker_id: {
                     "job_id": self._busy.get(worker_id),
-                    "mailbox": ref.actor_inbox.qsize(),
+                    "mailbox": mailbox_depth(ref),
                     "alive": ref.is_alive(),
                     "actor": ref.actor_class.__name__,
                 }

@@ -41,13 +41,13 @@ _active_connections: dict[int, HTTPConnection] = {}
 
 
 class _TrackedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _active_connections[threading.get_ident()] = self
         super().request(*args, **kwargs)
 
 
 class _TrackedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _active_connections[threading.get_ident()] = self
         super().request(*args, **kwargs)
 

@@ -130,7 +130,7 @@ def backoff_delay_s(
     at ``max_s`` so a hostile header cannot park a job for a day.
     """
     exponent = min(max(attempt - 1, 0), 62)
-    delay = min(max_s, base_s * (2**exponent))
+    delay = min(max_s, base_s * float(2**exponent))
     if jitter > 0 and delay > 0:
         delay *= 1.0 - jitter * (rng or random).random()
     if retry_after_s is not None and retry_after_s > 0:

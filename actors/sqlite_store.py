@@ -33,7 +33,7 @@ from typing import IO
 
 from actors.errors import QueueError
 from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState, dumps
-from actors.store import StateCounts
+from actors.store import JobList, StateCounts
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class SqliteJobStore:
         state: JobState | None = None,
         owner: str | None = None,
         limit: int = 100,
-    ) -> list[Job]:
+    ) -> JobList:
         """Return matching jobs, newest first."""
         where, args = [], []
         for column, value in (("kind", kind), ("state", state), ("owner", owner)):
@@ -190,7 +190,7 @@ class SqliteJobStore:
         rows = self._db.execute(sql, (*args, max(0, limit))).fetchall()
         return [Job.from_dict(json.loads(r[0])) for r in rows]
 
-    def active(self) -> list[Job]:
+    def active(self) -> JobList:
         """Return every unfinished job, oldest first."""
         rows = self._db.execute(
             f"SELECT record FROM jobs WHERE state IN ({_marks(_ACTIVE)}) ORDER BY seq", _ACTIVE

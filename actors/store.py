@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from actors.settings import Settings
 
 StateCounts = Counter[tuple[JobKind, JobState]]
+JobList = list[Job]  # a name, because the stores' own ``list`` method shadows the builtin
 
 
 def open_store(settings: Settings) -> JobStore:
@@ -52,11 +53,11 @@ class JobStore(Protocol):
         state: JobState | None = None,
         owner: str | None = None,
         limit: int = 100,
-    ) -> list[Job]:
+    ) -> JobList:
         """Return matching jobs, newest first."""
         ...
 
-    def active(self) -> list[Job]:
+    def active(self) -> JobList:
         """Return every queued, processing or retrying job, oldest first (for recovery)."""
         ...
 
@@ -127,7 +128,7 @@ class MemoryJobStore:
         state: JobState | None = None,
         owner: str | None = None,
         limit: int = 100,
-    ) -> list[Job]:
+    ) -> JobList:
         """Return matching jobs, newest first."""
         found: list[Job] = []
         for job in reversed(self._jobs.values()):  # dicts keep insertion order
@@ -139,7 +140,7 @@ class MemoryJobStore:
                     break
         return found
 
-    def active(self) -> list[Job]:
+    def active(self) -> JobList:
         """Return unfinished jobs, oldest first."""
         return sorted((j for j in self._jobs.values() if j.state in ACTIVE_STATES),
                       key=lambda j: j.seq)

@@ -54,6 +54,7 @@ from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.settings import Settings
 from actors.store import JobStore, open_store
 from actors.timers import Clock, TimerService
+from actors.tracked import mailbox_depth
 from actors.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
 
 logger = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ class JobSystem:
         last = memory["last"] or {}
         named = [("JobRegistry", registry), ("Dispatcher", dispatcher),
                  ("MemoryWatchdog", watchdog)]
-        actors = [{"name": name, "alive": ref.is_alive(), "mailbox": ref.actor_inbox.qsize()}
+        actors = [{"name": name, "alive": ref.is_alive(), "mailbox": mailbox_depth(ref)}
                   for name, ref in named]
         for pool in dispatch["pools"].values():
             actors += [{"name": f"{info['actor']} {worker_id}", "alive": info["alive"],

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pykka
 
@@ -94,7 +95,7 @@ class TimerService:
         return TimerHandle(entry)
 
     def tell_later(
-        self, delay_s: float, ref: pykka.ActorRef[object], message: object
+        self, delay_s: float, ref: pykka.ActorRef[Any], message: object
     ) -> TimerHandle:
         """Send ``message`` to ``ref`` after ``delay_s`` seconds (dropped if the actor died)."""
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import queue
 import threading
+from typing import Any, cast
 
 import pykka
+
+
+def mailbox_depth(ref: pykka.ActorRef[Any]) -> int:
+    """Return how many messages wait in an actor's inbox (a queue.Queue for threading actors)."""
+    inbox = cast("queue.Queue[Any]", ref.actor_inbox)
+    return inbox.qsize()
 
 
 class TrackedActor(pykka.ThreadingActor):
