@@ -18,6 +18,7 @@ import pykka
 from actors.jobs import Job, JobKind, JobState
 from actors.logs import job_fields
 from actors.messages import (
+    AttemptOverdue,
     CancelJob,
     Drain,
     Enqueue,
@@ -53,6 +54,7 @@ class _Running:
     job: Job
     worker_id: str
     started: float
+    overdue: TimerHandle
 
 
 class Dispatcher(TrackedActor):
@@ -115,6 +117,8 @@ class Dispatcher(TrackedActor):
             pool.stop(timeout_s=1.0)
         for _, handle in self.retrying.values():
             handle.cancel()
+        for entry in self.running.values():
+            entry.overdue.cancel()
 
     def on_receive(self, message: Any) -> Any:
         """Route one message."""
@@ -129,6 +133,8 @@ class Dispatcher(TrackedActor):
                 self._on_failed(message)
             case WorkerCrashed():
                 self._on_crashed(message)
+            case AttemptOverdue(job_id=job_id, attempt=attempt):
+                self._on_overdue(job_id, attempt)
             case RetryDue(job_id=job_id):
                 self._on_retry_due(job_id)
             case CancelJob(job_id=job_id):
@@ -192,7 +198,13 @@ class Dispatcher(TrackedActor):
         self.metrics.attempt_started(job.kind, now - self.queued_since.pop(job.id, now))
         job = job.replace(state=JobState.PROCESSING, attempts=attempt, started_at=now)
         worker_id, worker = self.pools[job.kind].acquire(job.id)
-        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic())
+        # A safety net, not the deadline: the worker cuts its own call at job_timeout_s. A
+        # worker whose thread died outside an attempt would otherwise hold the slot forever.
+        s = self.settings
+        overdue = self.timers.tell_later(
+            s.job_timeout_s + s.python_api_connect_timeout_s + s.overdue_grace_s,
+            self.actor_ref, AttemptOverdue(job_id=job.id, attempt=attempt))
+        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), overdue)
         self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
                                       attempts=attempt))
         logger.info("job %s (%s) attempt %d/%d started on %s", job.id, job.kind.value,
@@ -204,10 +216,13 @@ class Dispatcher(TrackedActor):
     # --- outcomes ------------------------------------------------------------------
 
     def _finish_attempt(self, job_id: str, worker_id: str) -> _Running | None:
-        entry = self.running.pop(job_id, None)
-        if entry is None:
-            logger.warning("outcome for unknown job %s from %s ignored", job_id, worker_id)
+        entry = self.running.get(job_id)
+        if entry is None or entry.worker_id != worker_id:
+            logger.warning("outcome for job %s from %s ignored: not running there", job_id,
+                           worker_id)
             return None
+        del self.running[job_id]
+        entry.overdue.cancel()
         self.pools[entry.job.kind].release(worker_id)
         return entry
 
@@ -235,11 +250,22 @@ class Dispatcher(TrackedActor):
         pool = next((p for p in self.pools.values() if p.owns(message.worker_id)), None)
         if pool is not None:
             pool.replace(message.worker_id, allowed=not self.draining)
-        entry = self.running.pop(message.job_id, None) if message.job_id else None
-        if entry is not None:
+        entry = self.running.get(message.job_id) if message.job_id else None
+        if entry is not None and entry.worker_id == message.worker_id:
+            del self.running[entry.job.id]
+            entry.overdue.cancel()
             # The crash killed an attempt: it counts, and the job is retried if it may be.
             self._retry_or_fail(entry.job, f"WorkerCrashed: {message.error}", True, None)
         self._after_outcome()
+
+    def _on_overdue(self, job_id: str, attempt: int) -> None:
+        entry = self.running.get(job_id)
+        if entry is None or entry.job.attempts != attempt:
+            return  # it reported meanwhile
+        logger.error("job %s: worker %s silent long past the deadline; presumed dead", job_id,
+                     entry.worker_id)
+        self._on_crashed(WorkerCrashed(worker_id=entry.worker_id, job_id=job_id,
+                                       error="no report long past the attempt deadline"))
 
     def _retry_or_fail(self, job: Job, error: str, retryable: bool,
                        retry_after_s: float | None) -> None:

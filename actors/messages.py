@@ -151,6 +151,14 @@ class RetryDue:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptOverdue:
+    """An attempt's worker has not reported long after the hard deadline (tell, from a timer)."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Drain:
     """Stop dispatching and set ``idle`` once no job is running (ask)."""
 

@@ -106,7 +106,13 @@ class WorkerPool:
         self._busy.pop(worker_id, None)
         if worker_id in self._idle:
             self._idle.remove(worker_id)
-        if self._workers.pop(worker_id, None) is None or not allowed:
+        dead = self._workers.pop(worker_id, None)
+        if dead is None:
+            return False
+        # Its thread may have died outside pykka's loop: make sure nobody waits on it.
+        pykka.ActorRegistry.unregister(dead)
+        dead.actor_stopped.set()
+        if not allowed:
             return False
         now = self._clock.monotonic()
         while self._recent_restarts and now - self._recent_restarts[0] > self._restart_window_s:

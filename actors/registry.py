@@ -134,14 +134,11 @@ class JobRegistry(TrackedActor):
         return self.counts[kind, JobState.QUEUED] + self.counts[kind, JobState.RETRYING]
 
     def _add(self, job: Job) -> Job | QueueError:
-        if job.kind in self.refused:
-            return MemoryPressure()
         if job.dedupe_key and job.dedupe_key in self.active_keys:
             return DuplicateJob(self.active_keys[job.dedupe_key])
-        limit = self.settings.limits(job.kind).max_waiting
-        if self.waiting(job.kind) >= limit:
-            return QueueFull(f"the {job.kind.value} queue is full ({limit} waiting); "
-                             "try again later")
+        refused = self._admission(job.kind)
+        if refused is not None:
+            return refused
         job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
         self.store.add(job)  # durability point: once this returns the job is accepted
         self.counts[job.kind, job.state] += 1
@@ -152,6 +149,15 @@ class JobRegistry(TrackedActor):
         logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority,
                     extra=job_fields(job.id, job.kind, "accepted", 0))
         return job
+
+    def _admission(self, kind: JobKind) -> QueueError | None:
+        """Return why a new (or re-queued) job of ``kind`` is refused, or ``None``."""
+        if kind in self.refused:
+            return MemoryPressure()
+        limit = self.settings.limits(kind).max_waiting
+        if self.waiting(kind) >= limit:
+            return QueueFull(f"the {kind.value} queue is full ({limit} waiting); try again later")
+        return None
 
     def _enqueue(self, *jobs: Job) -> None:
         # Told before the submitter gets its reply, so a following position question
@@ -195,6 +201,9 @@ class JobRegistry(TrackedActor):
                                     f"{job.state.value}")
         if job.dedupe_key and job.dedupe_key in self.active_keys:
             return DuplicateJob(self.active_keys[job.dedupe_key])
+        refused = self._admission(job.kind)
+        if refused is not None:
+            return refused
         new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
                           started_at=None, next_attempt_at=None, retry_delays_s=())
         self._apply(job, new)

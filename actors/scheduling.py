@@ -173,12 +173,3 @@ def estimate_wait_s(position: int, *, running: int, slots: int, duration_s: floa
     waves = math.ceil((position - free) / max(1, slots))
     return waves * duration_s
 
-
-def describe_wait(seconds: float) -> str:
-    """Render a wait estimate as a human range ("10-30 seconds", "4-10 minutes")."""
-    if not math.isfinite(seconds) or seconds < 1:
-        return "less than a minute"
-    low, high = seconds * 0.75, seconds * 1.5
-    if high < 90:
-        return f"{max(1, round(low))}-{max(2, round(high))} seconds"
-    return f"{max(1, round(low / 60))}-{max(2, math.ceil(high / 60))} minutes"

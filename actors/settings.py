@@ -164,6 +164,8 @@ class Settings:
     worker_max_restarts: int = 5
     worker_restart_window_s: float = 60.0
     ask_timeout_s: float = 10.0
+    overdue_grace_s: float = 10.0
+    """How long past its hard deadline a silent worker is presumed dead (not from env)."""
     store: str = "sqlite"
     """``sqlite`` (durable, the default) or ``memory``."""
     db_path: str = "./data/jobs.sqlite3"
