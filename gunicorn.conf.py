@@ -20,11 +20,21 @@ import signal
 import threading
 from typing import Any
 
-_env = os.environ
+from dotenv import dotenv_values
+
+# The environment first, then the same .env the app reads, so that PORT or
+# QUEUE_DRAIN_TIMEOUT_MS set there count here too.
+_dotenv = {k: v for k, v in dotenv_values(".env").items() if v is not None} if os.path.isfile(
+    ".env") else {}
+
+
+def _get(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value is not None else _dotenv.get(name, default)
 
 
 def _int(name: str, default: int) -> int:
-    value = _env.get(name, "").strip()
+    value = _get(name, "").strip()
     if not value:
         return default
     try:
@@ -33,7 +43,7 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"invalid configuration: {name}={value!r} is not an integer") from None
 
 
-bind = f"{_env.get('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
+bind = f"{_get('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
 workers = 1  # job state lives in the process; see the module docstring
 worker_class = "gthread"
 threads = _int("GUNICORN_THREADS", 8)
@@ -42,8 +52,8 @@ _drain_s = _int("QUEUE_DRAIN_TIMEOUT_MS", 30000) / 1000
 graceful_timeout = int(_drain_s) + 5
 keepalive = 5
 preload_app = False
-accesslog = _env.get("GUNICORN_ACCESS_LOG", "-") or None
-loglevel = _env.get("LOG_LEVEL", "info").lower()
+accesslog = _get("GUNICORN_ACCESS_LOG", "-") or None
+loglevel = _get("LOG_LEVEL", "info").lower()
 limit_request_line = 8190
 limit_request_fields = 100
 # gunicorn's runtime control socket (gunicornc) is not used, and one fixed path per user

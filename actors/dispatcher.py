@@ -10,20 +10,26 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from actors.instances import InstanceSet
 from actors.jobs import Job, JobKind, JobState
 from actors.logs import job_fields
 from actors.messages import (
+    AttachWatchdog,
     AttemptOverdue,
     CancelJob,
+    CheckInstances,
+    CheckMemory,
     Drain,
     Enqueue,
     EstimateWait,
     Inspect,
+    InstanceMemory,
     JobFailed,
     JobSucceeded,
     Pause,
@@ -32,6 +38,7 @@ from actors.messages import (
     RetryDue,
     RunJob,
     StopWorkers,
+    StoreResult,
     Transition,
     WorkerCrashed,
 )
@@ -40,6 +47,7 @@ from actors.pool import WorkerPool
 from actors.python_api import PythonApiClient
 from actors.scheduling import DurationEstimate, WaitingQueue, backoff_delay_s, estimate_wait_s
 from actors.settings import Settings
+from actors.supabase_sink import CompanyResolver
 from actors.timers import Clock, TimerHandle, TimerService
 from actors.tracked import TrackedActor
 
@@ -55,6 +63,7 @@ class _Running:
     worker_id: str
     started: float
     overdue: TimerHandle
+    instance: str
 
 
 class Dispatcher(TrackedActor):
@@ -65,19 +74,28 @@ class Dispatcher(TrackedActor):
         settings: Settings,
         *,
         registry: pykka.ActorRef[Any],
-        client: PythonApiClient,
+        clients: Mapping[str, PythonApiClient],
         timers: TimerService,
         clock: Clock,
         rng: random.Random | None = None,
         metrics: JobMetrics | None = None,
         threads: list[threading.Thread] | None = None,
+        writer: pykka.ActorRef[Any] | None = None,
+        resolver: CompanyResolver | None = None,
     ) -> None:
         super().__init__(threads=threads)
+        self.writer = writer  # the ResultWriter when results go to Supabase, else None
+        self.resolver = resolver
         self.metrics = metrics or JobMetrics()
         self.queued_since: dict[str, float] = {}  # job id -> when it (re)entered the queue
         self.settings = settings
         self.registry = registry
-        self.client = client
+        self.clients = clients
+        self.instances = InstanceSet(
+            tuple(clients), {kind: settings.limits(kind).max_concurrent for kind in JobKind},
+            failure_threshold=settings.breaker_failures, open_s=settings.breaker_open_s)
+        self.avoid: dict[str, str] = {}  # job id -> instance its last attempt broke on
+        self.watchdog: pykka.ActorRef[Any] | None = None
         self.timers = timers
         self.clock = clock
         self.rng = rng or random.Random()
@@ -95,18 +113,19 @@ class Dispatcher(TrackedActor):
                 f" retrying={len(self.retrying)} paused={self._paused_kinds()}>")
 
     def on_start(self) -> None:
-        """Start one worker pool per kind, sized by its concurrency limit."""
+        """Start one worker pool per kind: its limit per instance, times the instances."""
         super().on_start()
         for kind in JobKind:
             pool = WorkerPool(
                 kind,
-                self.settings.limits(kind).max_concurrent,
+                self.settings.limits(kind).max_concurrent * len(self.clients),
                 dispatcher=self.actor_ref,
-                client=self.client,
+                clients=self.clients,
                 clock=self.clock,
                 max_restarts=self.settings.worker_max_restarts,
                 restart_window_s=self.settings.worker_restart_window_s,
                 threads=self._threads,
+                resolver=self.resolver,
             )
             pool.start()
             self.pools[kind] = pool
@@ -135,6 +154,13 @@ class Dispatcher(TrackedActor):
                 self._on_crashed(message)
             case AttemptOverdue(job_id=job_id, attempt=attempt):
                 self._on_overdue(job_id, attempt)
+            case InstanceMemory():
+                self._on_instance_memory(message)
+            case CheckInstances():
+                if self.instances.half_open(self.clock.monotonic()) and self.watchdog:
+                    self.watchdog.tell(CheckMemory())  # the probe: costs no job an attempt
+            case AttachWatchdog(watchdog=watchdog):
+                self.watchdog = watchdog
             case RetryDue(job_id=job_id):
                 self._on_retry_due(job_id)
             case CancelJob(job_id=job_id):
@@ -176,9 +202,11 @@ class Dispatcher(TrackedActor):
             self.queued_since[job.id] = self.clock.time()
 
     def _dispatchable_kinds(self) -> list[JobKind]:
+        now = self.clock.monotonic()
         return [
             kind for kind, pool in self.pools.items()
             if pool.has_idle and not self.paused[kind] and self.waiting.count(kind)
+            and self.instances.has_room(kind, now)
         ]
 
     def _dispatch(self) -> None:
@@ -197,6 +225,10 @@ class Dispatcher(TrackedActor):
         now = self.clock.time()
         self.metrics.attempt_started(job.kind, now - self.queued_since.pop(job.id, now))
         job = job.replace(state=JobState.PROCESSING, attempts=attempt, started_at=now)
+        instance = self.instances.choose(job.kind, self.clock.monotonic(),
+                                         avoid=self.avoid.pop(job.id, None))
+        assert instance is not None  # _dispatchable_kinds checked has_room
+        self.instances.started(instance, job.kind)
         worker_id, worker = self.pools[job.kind].acquire(job.id)
         # A safety net, not the deadline: the worker cuts its own call at job_timeout_s. A
         # worker whose thread died outside an attempt would otherwise hold the slot forever.
@@ -204,14 +236,15 @@ class Dispatcher(TrackedActor):
         overdue = self.timers.tell_later(
             s.job_timeout_s + s.python_api_connect_timeout_s + s.overdue_grace_s,
             self.actor_ref, AttemptOverdue(job_id=job.id, attempt=attempt))
-        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), overdue)
+        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), overdue,
+                                        instance.url)
         self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
                                       attempts=attempt))
-        logger.info("job %s (%s) attempt %d/%d started on %s", job.id, job.kind.value,
-                    attempt, job.max_attempts, worker_id,
+        logger.info("job %s (%s) attempt %d/%d started on %s at %s", job.id, job.kind.value,
+                    attempt, job.max_attempts, worker_id, instance.url,
                     extra=job_fields(job.id, job.kind, "started", attempt))
         worker.tell(RunJob(job_id=job.id, data=job.data, attempt=attempt,
-                           timeout_s=self.settings.job_timeout_s))
+                           timeout_s=self.settings.job_timeout_s, instance=instance.url))
 
     # --- outcomes ------------------------------------------------------------------
 
@@ -226,23 +259,53 @@ class Dispatcher(TrackedActor):
         self.pools[entry.job.kind].release(worker_id)
         return entry
 
+    def _instance_ended(self, entry: _Running, *, broke: bool) -> None:
+        if self.instances.ended(entry.instance, entry.job.kind, broke=broke,
+                                now=self.clock.monotonic()):
+            wait_s = self.instances.next_change(self.clock.monotonic()) or 0.0
+            logger.error("Python API %s: breaker open for %.0fs after repeated failures",
+                         entry.instance, wait_s)
+            self.timers.tell_later(wait_s, self.actor_ref, CheckInstances())
+
     def _on_succeeded(self, message: JobSucceeded) -> None:
         entry = self._finish_attempt(message.job_id, message.worker_id)
         if entry is not None:
+            self._instance_ended(entry, broke=False)
             self.durations[entry.job.kind].observe(message.duration_s)
             self.metrics.attempt_ended(entry.job.kind, message.duration_s)
-            self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
-                                          at=self.clock.time(), result=message.result))
-            logger.info("job %s completed in %.2fs", message.job_id, message.duration_s,
-                        extra=job_fields(message.job_id, entry.job.kind, "completed",
-                                         entry.job.attempts))
+            if self.writer is not None:
+                self._store_result(entry.job, message)
+            else:
+                self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
+                                              at=self.clock.time(), result=message.result))
+                logger.info("job %s completed in %.2fs", message.job_id, message.duration_s,
+                            extra=job_fields(message.job_id, entry.job.kind, "completed",
+                                             entry.job.attempts))
         self._after_outcome()
+
+    def _store_result(self, job: Job, message: JobSucceeded) -> None:
+        """Hand the result to the ResultWriter; the job stays processing until it is stored.
+
+        The slot is already free: storing never holds the Python API.
+        """
+        assert self.writer is not None
+        try:
+            self.writer.tell(StoreResult(job=job, result=message.result, at=self.clock.time()))
+        except pykka.ActorDeadError:
+            # Only at shutdown: the job stays processing and runs again after a restart.
+            logger.error("job %s: result writer gone; result dropped", job.id)
+            return
+        logger.info("job %s processed in %.2fs; storing its result", job.id, message.duration_s,
+                    extra=job_fields(job.id, job.kind, "processed", job.attempts))
 
     def _on_failed(self, message: JobFailed) -> None:
         entry = self._finish_attempt(message.job_id, message.worker_id)
         if entry is not None:
+            self._instance_ended(entry, broke=message.broke)
             self.metrics.attempt_ended(entry.job.kind, message.duration_s)
             error = f"{message.error_type}: {message.error}"
+            if message.broke:
+                self.avoid[entry.job.id] = entry.instance
             self._retry_or_fail(entry.job, error, message.retryable, message.retry_after_s)
         self._after_outcome()
 
@@ -254,6 +317,7 @@ class Dispatcher(TrackedActor):
         if entry is not None and entry.worker_id == message.worker_id:
             del self.running[entry.job.id]
             entry.overdue.cancel()
+            self._instance_ended(entry, broke=False)
             # The crash killed an attempt: it counts, and the job is retried if it may be.
             self._retry_or_fail(entry.job, f"WorkerCrashed: {message.error}", True, None)
         self._after_outcome()
@@ -271,7 +335,11 @@ class Dispatcher(TrackedActor):
                        retry_after_s: float | None) -> None:
         now = self.clock.time()
         if retryable and job.attempts < job.max_attempts:
-            delay = backoff_delay_s(
+            broken_on = self.avoid.get(job.id)
+            other = (self.instances.choose(job.kind, self.clock.monotonic(), avoid=broken_on)
+                     if broken_on else None)
+            # Its instance broke and another can take it: retry there now, not after backoff.
+            delay = 0.0 if other is not None and other.url != broken_on else backoff_delay_s(
                 job.attempts,
                 base_s=self.settings.backoff_base_s,
                 max_s=self.settings.backoff_max_s,
@@ -290,6 +358,7 @@ class Dispatcher(TrackedActor):
             logger.info("job %s attempt %d failed (%s); retry in %.2fs", job.id, job.attempts,
                         error, delay, extra=job_fields(job.id, job.kind, "retrying", job.attempts))
         else:
+            self.avoid.pop(job.id, None)
             why = "permanent failure" if not retryable else "attempts used up"
             self.registry.tell(Transition(job_id=job.id, target=JobState.FAILED, at=now,
                                           error=error))
@@ -321,6 +390,7 @@ class Dispatcher(TrackedActor):
     def _cancel(self, job_id: str) -> bool:
         job = self.waiting.remove(job_id)
         self.queued_since.pop(job_id, None)
+        self.avoid.pop(job_id, None)
         if job is None and job_id in self.retrying:
             job, handle = self.retrying.pop(job_id)
             handle.cancel()
@@ -331,6 +401,26 @@ class Dispatcher(TrackedActor):
         logger.info("job %s cancelled", job_id,
                     extra=job_fields(job_id, job.kind, "cancelled", job.attempts))
         return True
+
+    def _on_instance_memory(self, message: InstanceMemory) -> None:
+        instance = self.instances.get(message.url)
+        if instance is None:
+            return
+        instance.memory_mb = message.memory_mb
+        now = self.clock.monotonic()
+        probe = self.instances.probed(message.url, message.answered, now)
+        if probe == "closed":
+            logger.warning("Python API %s answered its probe: breaker closed", message.url)
+        elif probe == "open":
+            wait_s = self.instances.next_change(now) or 0.0
+            logger.error("Python API %s silent on its probe: breaker open for %.0fs",
+                         message.url, wait_s)
+            self.timers.tell_later(wait_s, self.actor_ref, CheckInstances())
+        if instance.pressure != message.pressure:
+            instance.pressure = message.pressure
+            logger.warning("Python API %s: memory %s MB, video %s there", message.url,
+                           message.memory_mb, "paused" if message.pressure else "resumed")
+        self._dispatch()
 
     def _pause(self, kind: JobKind, reason: str) -> None:
         if reason not in self.paused[kind]:
@@ -383,5 +473,7 @@ class Dispatcher(TrackedActor):
                 for job_id, e in self.running.items()
             ],
             "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},
+            "instances": self.instances.describe(),
+            "all_instances_open": self.instances.all_open(self.clock.monotonic()),
         }
 

@@ -12,12 +12,17 @@ HTTP statuses in one table (``web/errors.py``)::
     │   └── DuplicateJob         the same work is already queued or running
     ├── JobNotFound              no such job (or not yours)
     ├── JobStateConflict         the job's state does not allow the operation
+    ├── UnknownCompany           no such company in Supabase's companies table
     └── JobSystemUnavailable     an actor did not answer in time
+        └── ResultStoreUnavailable   Supabase failed or did not answer a request
 
     CallFailed                   one attempt at the Python API failed (data for retries)
     ├── RetryableCallFailure     5xx, 408, 429, connection errors, timeouts
-    │   └── DeadlineExceeded     the attempt ran past QUEUE_JOB_TIMEOUT_MS
+    │   ├── DeadlineExceeded     the attempt ran past QUEUE_JOB_TIMEOUT_MS
+    │   └── CompanyLookupFailed  Supabase failed the company lookup before the call
     └── PermanentCallFailure     other 4xx, "processing failed" answers
+
+    ResultStoreFailed            one Supabase request failed (data for the writer's retries)
 
 ``CallFailed`` is not a ``QueueError``: it never leaves a worker as an
 exception; workers turn it into a ``JobFailed`` message.
@@ -86,8 +91,18 @@ class JobStateConflict(QueueError):
     """The job's current state does not allow this operation."""
 
 
+class UnknownCompany(QueueError):
+    """No such company."""
+
+
 class JobSystemUnavailable(QueueError):
     """The job system did not answer in time."""
+
+
+class ResultStoreUnavailable(JobSystemUnavailable):
+    """Supabase is not available; try again later."""
+
+    retry_after_s: float = 10.0
 
 
 class CallFailed(Exception):
@@ -104,6 +119,11 @@ class CallFailed(Exception):
         """The human-readable message."""
         return str(self.args[0])
 
+    @property
+    def breaks_instance(self) -> bool:
+        """Whether this says the instance itself is broken (for its circuit breaker)."""
+        return False
+
 
 class RetryableCallFailure(CallFailed):
     """The Python API failed in a way that may pass on a later attempt."""
@@ -117,9 +137,43 @@ class RetryableCallFailure(CallFailed):
         self.retry_after_s = retry_after_s
 
 
+    @property
+    def breaks_instance(self) -> bool:
+        """A connection failure (no status) or a 5xx says the instance is broken."""
+        return self.status is None or self.status >= 500
+
+
 class DeadlineExceeded(RetryableCallFailure):
     """The attempt ran past its hard deadline and was cut."""
+
+    @property
+    def breaks_instance(self) -> bool:
+        """A slow answer is not a broken instance: a long video just takes long."""
+        return False
 
 
 class PermanentCallFailure(CallFailed):
     """The Python API refused the job in a way it will repeat."""
+
+
+class CompanyLookupFailed(RetryableCallFailure):
+    """Supabase failed the company lookup before the call; says nothing of the Python API."""
+
+    @property
+    def breaks_instance(self) -> bool:
+        """Never: the Python API was not called."""
+        return False
+
+
+class ResultStoreFailed(Exception):
+    """One request to Supabase failed; ``retryable`` says whether repeating it may pass."""
+
+    def __init__(self, message: str, *, retryable: bool, code: str | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return str(self.args[0])

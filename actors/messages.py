@@ -160,7 +160,11 @@ class AttemptOverdue:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drain:
-    """Stop dispatching and set ``idle`` once no job is running (ask)."""
+    """Set ``idle`` once nothing is in progress (tell).
+
+    The Dispatcher also stops dispatching and waits for running jobs; the ResultWriter
+    waits for results still to be stored.
+    """
 
     idle: threading.Event
 
@@ -180,6 +184,7 @@ class JobSucceeded:
     worker_id: str
     result: Mapping[str, Any]
     duration_s: float
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +198,9 @@ class JobFailed:
     retryable: bool
     duration_s: float
     retry_after_s: float | None = None
+    instance: str = ""
+    broke: bool = False
+    """The instance looked broken (connection failure or 5xx): counts for its breaker."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +210,22 @@ class WorkerCrashed:
     worker_id: str
     job_id: str | None
     error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceMemory:
+    """A Python API instance's memory reading and whether it is under pressure (tell)."""
+
+    url: str
+    memory_mb: float | None
+    pressure: bool
+    answered: bool
+    """Whether the instance answered the reading (the probe of a half-open breaker)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckInstances:
+    """An open breaker may have turned half-open: try dispatching again (tell, from a timer)."""
 
 
 # --- Workers -------------------------------------------------------------------------
@@ -215,6 +239,25 @@ class RunJob:
     data: Mapping[str, Any]
     attempt: int
     timeout_s: float
+    instance: str
+    """The Python API address to call."""
+
+
+# --- ResultWriter --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreResult:
+    """Write a processed job's result to Supabase, then finish the job (tell).
+
+    ``at`` is when the result was produced; retries of the write carry the same
+    ``at`` (so the rows written are the same) and the next ``attempt``.
+    """
+
+    job: Job
+    result: Mapping[str, Any]
+    at: float
+    attempt: int = 1
 
 
 # --- MemoryWatchdog ------------------------------------------------------------------
@@ -225,6 +268,13 @@ class CheckMemory:
     """Take one memory reading and act on it (tell from the timer, or ask from outside)."""
 
     scheduled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachWatchdog:
+    """Tell the Dispatcher where to ask for probe readings (tell, once at start)."""
+
+    watchdog: Any
 
 
 # --- Everyone ------------------------------------------------------------------------

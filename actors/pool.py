@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import pykka
 
 from actors.jobs import JobKind
 from actors.python_api import PythonApiClient
+from actors.supabase_sink import CompanyResolver
 from actors.timers import Clock
 from actors.tracked import mailbox_depth
 from actors.workers import WORKER_CLASSES
@@ -33,16 +35,18 @@ class WorkerPool:
         size: int,
         *,
         dispatcher: pykka.ActorRef[Any],
-        client: PythonApiClient,
+        clients: Mapping[str, PythonApiClient],
         clock: Clock,
         max_restarts: int,
         restart_window_s: float,
         threads: list[threading.Thread] | None = None,
+        resolver: CompanyResolver | None = None,
     ) -> None:
         self.kind = kind
+        self._resolver = resolver
         self.size = size
         self._dispatcher = dispatcher
-        self._client = client
+        self._clients = clients
         self._clock = clock
         self._threads = threads
         self._max_restarts = max_restarts
@@ -69,8 +73,8 @@ class WorkerPool:
         self._serial += 1
         worker_id = f"{self.kind.value}-{self._serial}"
         cls = WORKER_CLASSES[self.kind]
-        self._workers[worker_id] = cls.start(worker_id, self._dispatcher, self._client,
-                                             threads=self._threads)
+        self._workers[worker_id] = cls.start(worker_id, self._dispatcher, self._clients,
+                                             threads=self._threads, resolver=self._resolver)
         self._idle.append(worker_id)
 
     @property

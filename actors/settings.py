@@ -8,9 +8,11 @@ happens here and nowhere else. Everything else receives a ``Settings``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -20,6 +22,10 @@ from actors.errors import SettingsError
 from actors.jobs import JobKind
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+"""A Postgres identifier that needs no quoting (table names go into URL paths)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,19 @@ class EnvReader:
         self.problems.append(f"{name}={value!r} is not a boolean (use true or false)")
         return default
 
+    def url_list(self, name: str, default: str) -> str:
+        """Read a comma-separated list of http(s) base URLs; return them joined by commas."""
+        urls = [u.strip().rstrip("/") for u in self.text(name, default).split(",") if u.strip()]
+        bad = [u for u in urls
+               if urlsplit(u).scheme not in ("http", "https") or not urlsplit(u).hostname]
+        if bad or not urls:
+            self.problems.append(f"{name}={self.text(name, default)!r} is not a comma-separated "
+                                 "list of http(s) URLs")
+            return default
+        if len(set(urls)) != len(urls):
+            self.problems.append(f"{name} lists an address twice")
+        return ",".join(urls)
+
     def url(self, name: str, default: str) -> str:
         """Read an http(s) base URL without a trailing slash."""
         value = self.text(name, default).rstrip("/")
@@ -122,6 +141,25 @@ class EnvReader:
         """Record ``problem`` unless ``condition`` holds."""
         if not condition:
             self.problems.append(problem)
+
+
+SUPERSEDED = {
+    "MAX_CONCURRENT_VIDEO_PROCESSING": "QUEUE_MAX_CONCURRENT_VIDEOS",
+    "MAX_CONCURRENT_QA_REQUESTS": "QUEUE_MAX_CONCURRENT_QA",
+    "REQUEST_TIMEOUT_MS": "QUEUE_JOB_TIMEOUT_MS",
+    "ENABLE_DEBUG_LOGS": "LOG_LEVEL=debug",
+    "SUPABASE_ANON_KEY": "SUPABASE_SERVICE_ROLE_KEY (the backend writes as the service role)",
+}
+"""Node backend variables that are not read here, and what replaced them."""
+
+
+def warn_superseded(environ: Mapping[str, str]) -> list[str]:
+    """Log (and return) a warning for each Node backend variable set that is not read here."""
+    found = [f"{name} is set but not read; use {SUPERSEDED[name]}"
+             for name in SUPERSEDED if (environ.get(name) or "").strip()]
+    for line in found:
+        logger.warning("%s", line)
+    return found
 
 
 def merged_environ(
@@ -158,6 +196,10 @@ class Settings:
     python_api_base_url: str = "http://localhost:5001"
     python_api_connect_timeout_s: float = 5.0
     python_api_status_timeout_s: float = 2.0
+    breaker_failures: int = 3
+    """Consecutive connection failures or 5xx that open an instance's breaker (2+ instances)."""
+    breaker_open_s: float = 30.0
+    """How long an open breaker keeps work away; doubles on each failed probe (up to 16x)."""
     retention_s: float = 86400.0
     retention_max_jobs: int = 10000
     drain_timeout_s: float = 30.0
@@ -170,6 +212,22 @@ class Settings:
     """``sqlite`` (durable, the default) or ``memory``."""
     db_path: str = "./data/jobs.sqlite3"
     db_synchronous: str = "normal"
+    supabase_url: str | None = None
+    """Supabase, where results are stored; ``None``: off, results stay in the job store."""
+    supabase_service_role_key: str | None = field(default=None, repr=False)
+    supabase_table_videos: str = "videos"
+    supabase_table_qudemos: str = "qudemos"
+    supabase_table_questions: str = "questions"
+    supabase_table_companies: str = "companies"
+    supabase_write_attempts: int = 5
+    """Writes of one result before its job fails (backoff as for attempts, QUEUE_BACKOFF_*)."""
+    supabase_timeout_s: float = 10.0
+
+    @property
+    def python_api_urls(self) -> tuple[str, ...]:
+        """Every Python API address (``python_api_base_url`` may list several, comma-separated)."""
+        return tuple(u.strip().rstrip("/") for u in self.python_api_base_url.split(",")
+                     if u.strip())
 
     def limits(self, kind: JobKind) -> KindLimits:
         """Return the limits of ``kind``; a new kind adds one line here."""
@@ -181,6 +239,26 @@ class Settings:
             case JobKind.QA:
                 return KindLimits(self.max_concurrent_qa, self.max_waiting_qa, self.qa_priority)
         raise ValueError(f"unknown job kind {kind!r}")  # pragma: no cover
+
+    @property
+    def supabase_enabled(self) -> bool:
+        """Whether results are written to Supabase (URL and service role key both set)."""
+        return bool(self.supabase_url and self.supabase_service_role_key)
+
+    def supabase_problems(self) -> list[str]:
+        """Return what is wrong with the Supabase settings (empty when usable or off)."""
+        found: list[str] = []
+        if bool(self.supabase_url) != bool(self.supabase_service_role_key):
+            found.append("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set together "
+                         "(both, or neither to keep results in the job store only)")
+        for env_name, table in (("SUPABASE_TABLE_VIDEOS", self.supabase_table_videos),
+                                ("SUPABASE_TABLE_QUDEMOS", self.supabase_table_qudemos),
+                                ("SUPABASE_TABLE_QUESTIONS", self.supabase_table_questions),
+                                ("SUPABASE_TABLE_COMPANIES", self.supabase_table_companies)):
+            if not TABLE_NAME.match(table):
+                found.append(f"{env_name}={table!r} is not a table name (letters, digits, "
+                             "'_', not starting with a digit)")
+        return found
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied."""
@@ -195,10 +273,12 @@ class Settings:
         Raises:
             SettingsError: naming every variable whose value is bad.
         """
-        reader = EnvReader(merged_environ(environ, dotenv_path))
+        merged = merged_environ(environ, dotenv_path)
+        reader = EnvReader(merged)
         settings = cls.read(reader)
         if reader.problems:
             raise SettingsError(reader.problems)
+        warn_superseded(merged)
         return settings
 
     @classmethod
@@ -226,7 +306,13 @@ class Settings:
             memory_resume_ratio=num("MEMORY_RESUME_RATIO", 0.9, integer=False,
                                     allow_zero=False, maximum=1),
             memory_check_interval_s=env.ms_as_s("MEMORY_CHECK_INTERVAL_MS", 10000),
-            python_api_base_url=env.url("PYTHON_API_BASE_URL", d.python_api_base_url),
+            python_api_base_url=(
+                env.url_list("PYTHON_API_BASE_URLS", d.python_api_base_url)
+                if env.raw("PYTHON_API_BASE_URLS")
+                else env.url_list("PYTHON_API_BASE_URL", d.python_api_base_url)
+            ),
+            breaker_failures=num("PYTHON_API_BREAKER_FAILURES", 3, allow_zero=False),
+            breaker_open_s=env.ms_as_s("PYTHON_API_BREAKER_OPEN_MS", 30000),
             python_api_connect_timeout_s=env.ms_as_s("PYTHON_API_CONNECT_TIMEOUT_MS", 5000),
             python_api_status_timeout_s=env.ms_as_s("PYTHON_API_STATUS_TIMEOUT_MS", 2000),
             retention_s=env.ms_as_s("QUEUE_RETENTION_MS", 86400000),
@@ -239,7 +325,19 @@ class Settings:
             db_path=env.text("QUEUE_DB_PATH", d.db_path),
             db_synchronous=env.choice("QUEUE_DB_SYNCHRONOUS", d.db_synchronous,
                                       ("normal", "full")),
+            supabase_url=env.url("SUPABASE_URL", "") if env.raw("SUPABASE_URL") else None,
+            supabase_service_role_key=env.raw("SUPABASE_SERVICE_ROLE_KEY"),
+            supabase_table_videos=env.text("SUPABASE_TABLE_VIDEOS", d.supabase_table_videos),
+            supabase_table_qudemos=env.text("SUPABASE_TABLE_QUDEMOS", d.supabase_table_qudemos),
+            supabase_table_questions=env.text("SUPABASE_TABLE_QUESTIONS",
+                                              d.supabase_table_questions),
+            supabase_table_companies=env.text("SUPABASE_TABLE_COMPANIES",
+                                              d.supabase_table_companies),
+            supabase_write_attempts=num("SUPABASE_WRITE_ATTEMPTS", d.supabase_write_attempts,
+                                        allow_zero=False),
+            supabase_timeout_s=env.ms_as_s("SUPABASE_TIMEOUT_MS", 10000),
         )
+        env.problems.extend(settings.supabase_problems())
         env.check(
             settings.backoff_max_s >= settings.backoff_base_s,
             "QUEUE_BACKOFF_MAX_MS must not be below QUEUE_BACKOFF_DELAY",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,15 @@ from actors.errors import (
     JobStateConflict,
     JobSystemUnavailable,
     QueueError,
+    ResultStoreUnavailable,
+    SettingsError,
     ShuttingDown,
 )
 from actors.jobs import Job, JobKind, JobState, freeze, new_job_id
 from actors.messages import (
     AddJob,
     AttachDispatcher,
+    AttachWatchdog,
     CancelJob,
     CheckMemory,
     Drain,
@@ -50,9 +54,11 @@ from actors.messages import (
 from actors.metrics import JobMetrics
 from actors.python_api import PythonApiClient
 from actors.registry import JobRegistry
+from actors.result_writer import ResultWriter, WriterStats
 from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.settings import Settings
 from actors.store import JobStore, open_store
+from actors.supabase_sink import Company, ResultSink
 from actors.timers import Clock, TimerService
 from actors.tracked import mailbox_depth
 from actors.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
@@ -91,15 +97,26 @@ class JobSystem:
         self.clock = clock or Clock()
         self._rss_reader = rss_reader
         self._rng = rng
+        problems = settings.supabase_problems()
+        if problems:
+            raise SettingsError(problems)
         self._lock = threading.Lock()
         self._state = "new"  # new -> running -> draining -> stopped
+        self.sink: ResultSink | None = None  # results go to Supabase when set (on start)
+        self._writer: pykka.ActorRef[Any] | None = None
+        self._writer_stats = WriterStats()  # read by snapshot(): the writer may be mid-write
         self.timers = TimerService()
-        self.client = PythonApiClient(
-            settings.python_api_base_url,
-            timers=self.timers,
-            connect_timeout_s=settings.python_api_connect_timeout_s,
-            pool_size=settings.max_concurrent_videos + settings.max_concurrent_qa + 2,
-        )
+        # One shared client (one connection pool) per Python API instance.
+        self.clients = {
+            url: PythonApiClient(
+                url,
+                timers=self.timers,
+                connect_timeout_s=settings.python_api_connect_timeout_s,
+                pool_size=settings.max_concurrent_videos + settings.max_concurrent_qa + 2,
+            )
+            for url in settings.python_api_urls
+        }
+        self.client = next(iter(self.clients.values()))  # the first (or only) instance
         self._registry: pykka.ActorRef[Any] | None = None
         self._dispatcher: pykka.ActorRef[Any] | None = None
         self._watchdog: pykka.ActorRef[Any] | None = None
@@ -114,30 +131,47 @@ class JobSystem:
     # --- life ----------------------------------------------------------------------
 
     def start(self) -> JobSystem:
-        """Start the timer thread and the actors (JobRegistry, Dispatcher, MemoryWatchdog)."""
+        """Start the timer thread and the actors.
+
+        JobRegistry, Dispatcher, MemoryWatchdog, and the ResultWriter when results go to
+        Supabase.
+        """
         with self._lock:
             if self._state != "new":
                 raise RuntimeError(f"a JobSystem starts once; this one is {self._state}")
             self.store = (self._given_store if self._given_store is not None
                           else open_store(self.settings))
+            if self.settings.supabase_enabled:  # before any actor: nothing to undo if it fails
+                self.sink = ResultSink(self.settings)
             self.timers.start()
             self._registry = JobRegistry.start(
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,
                 metrics=self.metrics, threads=self._threads,
             )
+            if self.sink is not None:
+                self._writer = ResultWriter.start(
+                    self.settings, sink=self.sink, registry=self._registry, timers=self.timers,
+                    clock=self.clock, rng=self._rng, stats=self._writer_stats,
+                    threads=self._threads,
+                )
             self._dispatcher = Dispatcher.start(
-                self.settings, registry=self._registry, client=self.client,
+                self.settings, registry=self._registry, clients=self.clients,
                 timers=self.timers, clock=self.clock, rng=self._rng, metrics=self.metrics,
-                threads=self._threads,
+                threads=self._threads, writer=self._writer, resolver=self.sink,
             )
             self._registry.tell(AttachDispatcher(dispatcher=self._dispatcher))
             self._watchdog = MemoryWatchdog.start(
-                self.settings, client=self.client, dispatcher=self._dispatcher,
+                self.settings, clients=self.clients, dispatcher=self._dispatcher,
                 registry=self._registry, timers=self.timers, clock=self.clock,
                 rss_reader=self._rss_reader, threads=self._threads,
             )
+            self._dispatcher.tell(AttachWatchdog(watchdog=self._watchdog))
             self._state = "running"
+        # Answered after on_start: when start() returns, every worker pool is up.
+        self._ask(self._dispatcher, Inspect())
         logger.info("job system started (Python API %s)", self.settings.python_api_base_url)
+        logger.info("results: %s", f"stored in Supabase at {self.sink.url}" if self.sink
+                    else "in the job store only (SUPABASE_URL unset)")
         return self
 
     def begin_drain(self) -> None:
@@ -171,21 +205,29 @@ class JobSystem:
             self._stopping = True
         self.begin_drain()
         deadline_s = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        until = time.monotonic() + deadline_s
         dispatcher, registry, watchdog = self._refs()
         if drain and not self._idle.wait(deadline_s):
             logger.warning("drain deadline (%.1fs) passed with jobs still running; cutting them",
                            deadline_s)
-        self.client.shutdown()
+        if drain:
+            self._drain_writer(until)
+        for client in self.clients.values():
+            client.shutdown()
         watchdog.stop(block=True, timeout=self.settings.ask_timeout_s)
         try:
             dispatcher.ask(StopWorkers(timeout_s=self.settings.ask_timeout_s),
                            timeout=self.settings.ask_timeout_s * 2)
         except (pykka.Timeout, pykka.ActorDeadError):
             logger.error("workers did not stop in time")
-        for ref in (dispatcher, registry):
+        writer = [self._writer] if self._writer is not None else []
+        for ref in (*writer, dispatcher, registry):
             ref.stop(block=True, timeout=self.settings.ask_timeout_s)
         self.timers.stop()
-        self.client.close()
+        if self.sink is not None:
+            self.sink.close()
+        for client in self.clients.values():
+            client.close()
         for thread in self._threads:
             thread.join(self.settings.ask_timeout_s)
         left = [t.name for t in self._threads if t.is_alive()]
@@ -209,7 +251,27 @@ class JobSystem:
     def alive(self) -> bool:
         """Whether every core actor is alive."""
         refs = (self._registry, self._dispatcher, self._watchdog)
-        return self._state == "running" and all(r is not None and r.is_alive() for r in refs)
+        writer_alive = self._writer is None or self._writer.is_alive()
+        return (self._state == "running" and writer_alive
+                and all(r is not None and r.is_alive() for r in refs))
+
+    @property
+    def supabase_configured(self) -> bool:
+        """Whether results are stored in Supabase (``SUPABASE_URL`` and its key are set)."""
+        return self.settings.supabase_enabled
+
+    def _drain_writer(self, until: float) -> None:
+        """Wait (until ``until``, monotonic) for results still being stored in Supabase."""
+        if self._writer is None:
+            return
+        stored = threading.Event()
+        try:
+            self._writer.tell(Drain(idle=stored))
+        except pykka.ActorDeadError:
+            return
+        if not stored.wait(max(0.0, until - time.monotonic())):
+            logger.warning("drain deadline passed with results not yet stored in Supabase; "
+                           "their jobs run again after a restart")
 
     # --- jobs ----------------------------------------------------------------------
 
@@ -296,6 +358,18 @@ class JobSystem:
         """Estimate the wait for ``position`` in ``kind``'s queue from observed durations."""
         return float(self._ask(self._refs()[0], EstimateWait(kind=kind, position=position)))
 
+    def resolve_company(self, *, company_id: str | None = None,
+                        company_name: str | None = None) -> Company:
+        """Look a company up in Supabase by id (preferred) or exact name.
+
+        Raises:
+            UnknownCompany: no such company.
+            ResultStoreUnavailable: Supabase is not configured, failed, or did not answer.
+        """
+        if self.sink is None:
+            raise ResultStoreUnavailable("Supabase is not configured (SUPABASE_URL)")
+        return self.sink.resolve_company(company_id=company_id, company_name=company_name)
+
     # --- control -------------------------------------------------------------------
 
     def pause(self, kind: JobKind, reason: str = "operator") -> None:
@@ -333,6 +407,8 @@ class JobSystem:
         last = memory["last"] or {}
         named = [("JobRegistry", registry), ("Dispatcher", dispatcher),
                  ("MemoryWatchdog", watchdog)]
+        if self._writer is not None:
+            named.append(("ResultWriter", self._writer))
         actors = [{"name": name, "alive": ref.is_alive(), "mailbox": mailbox_depth(ref)}
                   for name, ref in named]
         for pool in dispatch["pools"].values():
@@ -364,10 +440,21 @@ class JobSystem:
                 "admission_refused": memory["admission_refused"],
                 "checked_at": last.get("checked_at"),
             },
+            "instances": _instances(dispatch["instances"], last.get("instances") or ()),
+            "all_instances_open": dispatch["all_instances_open"],
             "registry": {k: v for k, v in records.items() if k != "counts"},
+            "supabase": self._supabase_snapshot(),
             "timers_pending": self.timers.pending,
             "actors": actors,
         }
+
+    def _supabase_snapshot(self) -> dict[str, Any]:
+        if self.sink is None or self._writer is None:
+            return {"configured": False, "reachable": None}
+        health = self.sink.health()
+        return {"configured": True, "reachable": health.reachable, "error": health.error,
+                "checked_at": health.checked_at, "url": self.sink.url,
+                **self._writer_stats.describe()}
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -386,3 +473,13 @@ class JobSystem:
         if isinstance(answer, QueueError):
             raise answer
         return answer
+
+
+def _instances(routing: list[dict[str, Any]], readings: Any) -> list[dict[str, Any]]:
+    """Merge the Dispatcher's view of each Python API instance with its last memory reading."""
+    by_url = {r["url"]: r for r in readings}
+    return [
+        {**item, "status": by_url.get(item["url"], {}).get("status", "unknown"),
+         "reachable": bool(by_url.get(item["url"], {}).get("reachable", False))}
+        for item in routing
+    ]

@@ -18,10 +18,17 @@ from typing import Any, ClassVar
 
 import pykka
 
-from actors.errors import CallFailed
+from actors.errors import (
+    CallFailed,
+    CompanyLookupFailed,
+    PermanentCallFailure,
+    ResultStoreUnavailable,
+    UnknownCompany,
+)
 from actors.jobs import JobKind, freeze
 from actors.messages import JobFailed, JobSucceeded, RunJob, WorkerCrashed
 from actors.python_api import PythonApiClient
+from actors.supabase_sink import CompanyResolver
 from actors.tracked import TrackedActor
 
 logger = logging.getLogger(__name__)
@@ -36,20 +43,24 @@ class Worker(TrackedActor):
         self,
         worker_id: str,
         dispatcher: pykka.ActorRef[Any],
-        client: PythonApiClient,
+        clients: Mapping[str, PythonApiClient],
         *,
         threads: list[threading.Thread] | None = None,
+        resolver: CompanyResolver | None = None,
     ) -> None:
         super().__init__(threads=threads)
         self.worker_id = worker_id
         self.dispatcher = dispatcher
-        self.client = client
+        self.clients = clients  # one shared client per Python API instance, by address
+        self.resolver = resolver  # set when results go to Supabase (video jobs need a company)
         self.current_job_id: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.worker_id} job={self.current_job_id}>"
 
-    def call(self, data: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+    def call(
+        self, client: PythonApiClient, data: Mapping[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
         """Make the Python API call for one attempt; subclasses say which."""
         raise NotImplementedError
 
@@ -67,16 +78,18 @@ class Worker(TrackedActor):
         started = time.monotonic()
         outcome: JobSucceeded | JobFailed
         try:
-            result = self.call(message.data, message.timeout_s)
+            result = self.call(self.clients[message.instance], message.data, message.timeout_s)
             outcome = JobSucceeded(
                 job_id=message.job_id,
                 worker_id=self.worker_id,
                 result=freeze(result),
                 duration_s=time.monotonic() - started,
+                instance=message.instance,
             )
         except CallFailed as exc:
             outcome = self._failed(message, started, type(exc).__name__, exc.message,
-                                   exc.retryable, getattr(exc, "retry_after_s", None))
+                                   exc.retryable, getattr(exc, "retry_after_s", None),
+                                   broke=exc.breaks_instance)
         except Exception as exc:  # a bug in handling one answer: retry, within the budget
             logger.exception("job %s: unexpected error in %s", message.job_id, self.worker_id)
             outcome = self._failed(message, started, type(exc).__name__, str(exc) or repr(exc),
@@ -101,6 +114,8 @@ class Worker(TrackedActor):
         error: str,
         retryable: bool,
         retry_after_s: float | None,
+        *,
+        broke: bool = False,
     ) -> JobFailed:
         # The Dispatcher logs the decision (retry or fail); this is the detail.
         logger.debug("job %s attempt %d failed in %s: %s", message.job_id, message.attempt,
@@ -113,6 +128,8 @@ class Worker(TrackedActor):
             retryable=retryable,
             retry_after_s=retry_after_s,
             duration_s=time.monotonic() - started,
+            instance=message.instance,
+            broke=broke,
         )
 
     def on_failure(
@@ -141,9 +158,27 @@ class VideoWorker(Worker):
 
     kind = JobKind.VIDEO
 
-    def call(self, data: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Process one video."""
-        return self.client.process_video(data, timeout_s=timeout_s)
+    def call(
+        self, client: PythonApiClient, data: Mapping[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """Process one video; with a resolver, find its company first (no company, no call).
+
+        The lookup counts against the attempt's deadline. The resolved ``company_id``
+        goes into the result, for the rows the ResultWriter writes.
+        """
+        if self.resolver is None:
+            return client.process_video(data, timeout_s=timeout_s)
+        started = time.monotonic()
+        try:
+            company = self.resolver.resolve_company(company_id=data.get("company_id"),
+                                                    company_name=data.get("company_name"))
+        except UnknownCompany as exc:
+            raise PermanentCallFailure(exc.message) from exc
+        except ResultStoreUnavailable as exc:
+            raise CompanyLookupFailed(f"company lookup failed: {exc.message}") from exc
+        data = {**data, "company_name": data.get("company_name") or company.name}
+        left_s = max(0.001, timeout_s - (time.monotonic() - started))
+        return {**client.process_video(data, timeout_s=left_s), "company_id": company.id}
 
 
 class QAWorker(Worker):
@@ -151,9 +186,11 @@ class QAWorker(Worker):
 
     kind = JobKind.QA
 
-    def call(self, data: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+    def call(
+        self, client: PythonApiClient, data: Mapping[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
         """Answer one question."""
-        return self.client.ask_question(data, timeout_s=timeout_s)
+        return client.ask_question(data, timeout_s=timeout_s)
 
 
 WORKER_CLASSES: Mapping[JobKind, type[Worker]] = {

@@ -141,3 +141,14 @@ def test_replace_returns_a_changed_copy() -> None:
     changed = settings.replace(max_concurrent_videos=1)
     assert changed.max_concurrent_videos == 1
     assert settings.max_concurrent_videos == 2
+
+
+def test_node_backend_variables_that_are_not_read_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from actors.settings import warn_superseded
+
+    with caplog.at_level("WARNING"):
+        found = warn_superseded({"MAX_CONCURRENT_QA_REQUESTS": "20", "REQUEST_TIMEOUT_MS": ""})
+    assert found == ["MAX_CONCURRENT_QA_REQUESTS is set but not read; use QUEUE_MAX_CONCURRENT_QA"]
+    assert "QUEUE_MAX_CONCURRENT_QA" in caplog.text

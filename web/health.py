@@ -1,12 +1,13 @@
 """Health probes: ``/health`` (the seed's shape), ``/health/live``, ``/health/ready``.
 
 ``/health`` answers 200 ``healthy`` or ``degraded`` (a queue paused, memory pressure, the
-Python API unreachable or unhealthy, draining) and 503 ``unhealthy`` when an actor of
-the core is dead or the core does not answer. ``memory.node`` repeats ``memory.process``
-for the dashboards built on the Node backend. ``/health/live`` is 200 whenever the process
-answers; ``/health/ready`` is 200 while the core is alive and accepting, else 503 with
-``Retry-After`` (a draining instance must leave the load balancer). All three are exempt
-from the rate limit and need no token.
+Python API unreachable or unhealthy, draining, Supabase configured but unreachable) and
+503 ``unhealthy`` when an actor of the core is dead or the core does not answer.
+``memory.node`` repeats ``memory.process`` for the dashboards built on the Node backend;
+``health.supabase`` is ``{configured, reachable}`` (``reachable`` null when not configured).
+``/health/live`` is 200 whenever the process answers; ``/health/ready`` is 200 while the
+core is alive and accepting, else 503 with ``Retry-After`` (a draining instance must leave
+the load balancer). All three are exempt from the rate limit and need no token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from web.context import job_system
-from web.present import iso
+from web.present import instances_json, iso
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,17 @@ def _degraded_reasons(snapshot: dict[str, Any]) -> list[str]:
         reasons.append(f"Python API memory status {python.get('status')}")
     if snapshot.get("draining") or not snapshot.get("accepting", True):
         reasons.append("not accepting jobs (draining or stopped)")
+    if snapshot.get("all_instances_open"):
+        reasons.append("no Python API instance is available (every breaker open): jobs wait")
+    else:
+        reasons += [f"Python API {i['url']} {i['state']}" for i in snapshot.get("instances", [])
+                    if len(snapshot.get("instances", [])) > 1 and i.get("state") != "ok"]
+    reasons += [f"{kind} worker pool failed (restarts used up)"
+                for kind in snapshot.get("supervisor", {}).get("failed_pools", [])]
+    supabase = snapshot.get("supabase") or {}
+    if supabase.get("configured") and not supabase.get("reachable"):
+        reasons.append(f"Supabase unreachable ({supabase.get('error') or 'no answer'}): "
+                       "results wait to be stored")
     return reasons
 
 
@@ -105,6 +117,7 @@ def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
     process = {"rss": memory.get("process_rss_mb")}
     kinds = snapshot.get("kinds", {})
     pools = snapshot.get("pools", {})
+    supabase = snapshot.get("supabase") or {}
     return {
         "memory": {
             "process": process,
@@ -126,6 +139,9 @@ def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
                    "workersAlive": pools.get(name, {}).get("alive")}
             for name, k in kinds.items()
         },
+        "pythonInstances": instances_json(snapshot),
         "accepting": bool(snapshot.get("accepting", False)),
         "draining": bool(snapshot.get("draining", False)),
+        "supabase": {"configured": bool(supabase.get("configured", False)),
+                     "reachable": supabase.get("reachable")},
     }

@@ -180,11 +180,12 @@ class VideoBody(_Body):
 class ClientVideoBody(VideoBody):
     """``POST /api/video/videos``: the body the QuDemo web client sends."""
 
-    # The worker needs the company's name for the Python API's path and nothing here can
-    # look a companyId up yet, so a body with only companyId is refused with that reason.
+    # The worker needs the company's name for the Python API's path. A body with only
+    # companyId has its name filled in from Supabase (web.submit) when Supabase is
+    # configured; without it, the body is refused with that reason.
     missing_hints: ClassVar[Mapping[str, str]] = {
-        "company_name": "Field required (send companyName; a companyId alone cannot be "
-                        "resolved to a company name yet)",
+        "company_name": "Field required (send companyName; a companyId alone is resolved "
+                        "to a company name only when Supabase is configured)",
     }
 
     video_url: str = Field(validation_alias=AliasChoices("videoUrl", "video_url", "url"))

@@ -97,3 +97,14 @@ def accepted(submission: Submission, message: str) -> Response:
     response.status_code = 202
     response.headers["Location"] = location(submission.job)
     return response
+
+
+def instances_json(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return each Python API instance: address, state, in-flight by kind, last memory reading."""
+    return [
+        {"url": item.get("url"), "state": item.get("state"),
+         "inFlight": item.get("in_flight", {}), "limits": item.get("limits", {}),
+         "memoryMb": item.get("memory_mb"), "status": item.get("status", "unknown"),
+         "reachable": bool(item.get("reachable", False))}
+        for item in snapshot.get("instances", [])
+    ]

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, jsonify
 from actors.jobs import JobKind
 from web.auth import current_principal, require_admin, require_user
 from web.context import job_system
-from web.present import iso
+from web.present import instances_json, iso
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
             "admissionRefused": bool(memory.get("admission_refused", False)),
             "checkedAt": iso(memory.get("checked_at")),
         },
+        "pythonInstances": instances_json(snapshot),
     }
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from actors.errors import SettingsError
-from actors.settings import EnvReader, Settings, merged_environ
+from actors.settings import EnvReader, Settings, merged_environ, warn_superseded
 from web.video_urls import is_ip_literal, valid_hostname
 
 logger = logging.getLogger(__name__)
@@ -138,11 +138,13 @@ def load_settings(
     Raises:
         SettingsError: naming every variable whose value is bad, core and web alike.
     """
-    reader = EnvReader(merged_environ(environ, dotenv_path))
+    merged = merged_environ(environ, dotenv_path)
+    reader = EnvReader(merged)
     core = Settings.read(reader)
     web = WebSettings.read(reader)
     if reader.problems:
         raise SettingsError(reader.problems)
+    warn_superseded(merged)
     return AppSettings(core=core, web=web)
 
 

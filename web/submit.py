@@ -8,14 +8,24 @@ draining, 409 duplicate with the existing ``jobId``).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Blueprint, Response
 
+from actors.errors import UnknownCompany
 from actors.jobs import JobKind
 from web.auth import current_principal, require_user
 from web.body import read_json
 from web.context import job_system, web_settings
-from web.models import ClientVideoBody, QuestionBody, VideoBody, check_path_id, parse_body
+from web.errors import RequestInvalid
+from web.models import (
+    EXTERNAL_ID,
+    ClientVideoBody,
+    QuestionBody,
+    VideoBody,
+    check_path_id,
+    parse_body,
+)
 from web.present import accepted
 
 logger = logging.getLogger(__name__)
@@ -57,7 +67,10 @@ def ask_question(interaction_id: str) -> Response:
 
 def _submit_video(model: type[VideoBody]) -> Response:
     context = {"allowed_hosts": web_settings().video_url_allowed_hosts}
-    body: VideoBody = parse_body(model, read_json(), context=context)
+    raw = read_json()
+    if model is ClientVideoBody:
+        raw = _with_company_name(raw)
+    body: VideoBody = parse_body(model, raw, context=context)
     principal = current_principal()
     submission = job_system().submit(
         JobKind.VIDEO,
@@ -68,3 +81,24 @@ def _submit_video(model: type[VideoBody]) -> Response:
     logger.info("job %s: video queued for %s from %s (position %s)", submission.job.id,
                 body.company_name, body.video.host, submission.queue_position)
     return accepted(submission, "Video processing queued successfully")
+
+
+def _with_company_name(raw: Any) -> Any:
+    """Fill in the company's name from Supabase when the web client sent only ``companyId``.
+
+    Without Supabase (or with a malformed id) the body goes on unchanged, and validation
+    answers 400 naming the missing ``company_name``. An unknown id is a 400 on
+    ``company_id``; Supabase failing is a 503 with ``Retry-After``.
+    """
+    if not isinstance(raw, dict) or any(raw.get(k) for k in ("companyName", "company_name")):
+        return raw
+    company_id = raw.get("companyId", raw.get("company_id"))
+    system = job_system()
+    if (not isinstance(company_id, str) or not EXTERNAL_ID.match(company_id.strip())
+            or not system.supabase_configured):
+        return raw
+    try:
+        company = system.resolve_company(company_id=company_id.strip())
+    except UnknownCompany as exc:
+        raise RequestInvalid(details=[{"field": "company_id", "message": exc.message}]) from exc
+    return {**raw, "companyName": company.name}
