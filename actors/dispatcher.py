@@ -34,6 +34,7 @@ from actors.messages import (
     JobSucceeded,
     Pause,
     QueuePosition,
+    RecordResult,
     Resume,
     RetryDue,
     RunJob,
@@ -192,6 +193,9 @@ class Dispatcher(TrackedActor):
     # --- dispatching ---------------------------------------------------------------
 
     def _enqueue(self, job: Job) -> None:
+        if job.state == JobState.PROCESSING and job.result is not None:
+            self._restore_processed(job, job.result)
+            return
         if job.state == JobState.RETRYING:
             # Recovered from the store: re-arm its timer from the stored due time.
             delay = max(0.0, (job.next_attempt_at or 0.0) - self.clock.time())
@@ -283,12 +287,25 @@ class Dispatcher(TrackedActor):
                                              entry.job.attempts))
         self._after_outcome()
 
+    def _restore_processed(self, job: Job, result: Mapping[str, Any]) -> None:
+        """Finish a recovered job that was processed but not yet stored."""
+        if self.writer is not None:
+            self.writer.tell(StoreResult(job=job, result=result, at=self.clock.time()))
+        else:  # Supabase switched off since: the job store is where results live now
+            self.registry.tell(Transition(job_id=job.id, target=JobState.COMPLETED,
+                                          at=self.clock.time(), result=result))
+        logger.warning("job %s: recovered with its result; storing it, not processing again",
+                       job.id, extra=job_fields(job.id, job.kind, "recovered", job.attempts))
+
     def _store_result(self, job: Job, message: JobSucceeded) -> None:
         """Hand the result to the ResultWriter; the job stays processing until it is stored.
 
         The slot is already free: storing never holds the Python API.
         """
         assert self.writer is not None
+        # Kept on the record first, so a crash before the rows are written does not
+        # send the video to the Python API again.
+        self.registry.tell(RecordResult(job_id=job.id, result=message.result))
         try:
             self.writer.tell(StoreResult(job=job, result=message.result, at=self.clock.time()))
         except pykka.ActorDeadError:

@@ -1,7 +1,8 @@
 """Job lifecycle logging: one line per event, with fields a JSON log can carry.
 
 Every lifecycle event (accepted, started, retrying, completed, failed,
-cancelled, requeued, interrupted) is logged exactly once, by the actor that
+cancelled, requeued, interrupted, recovered; with Supabase also processed and
+store_retrying) is logged exactly once, by the actor that
 decides it, with ``extra=job_fields(...)``. ``JsonFormatter`` turns a record
 into one JSON object per line (``LOG_FORMAT=json``) including those fields.
 """

@@ -41,6 +41,17 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordResult:
+    """Keep a processed result on a job still ``processing`` while it is stored (tell).
+
+    Recovery then sends it straight back to storage instead of processing the video again.
+    """
+
+    job_id: str
+    result: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RequeueFailed:
     """Give a failed job a fresh attempt budget and queue it again (ask)."""
 

@@ -35,6 +35,7 @@ from actors.messages import (
     Inspect,
     ListJobs,
     PurgeExpired,
+    RecordResult,
     RequeueFailed,
     SetAdmission,
     Transition,
@@ -103,6 +104,8 @@ class JobRegistry(TrackedActor):
                 return self.store.get(job_id)
             case ListJobs(kind=kind, state=state, owner=owner, limit=limit):
                 return self.store.list(kind=kind, state=state, owner=owner, limit=limit)
+            case RecordResult(job_id=job_id, result=result):
+                self._record_result(job_id, result)
             case RequeueFailed(job_id=job_id):
                 return self._requeue(job_id)
             case SetAdmission(kind=kind, refused=refused):
@@ -192,6 +195,11 @@ class JobRegistry(TrackedActor):
             if self.finished_total() > self.settings.retention_max_jobs:
                 self._prune(keep=self.settings.retention_max_jobs, reason="retention count")
 
+    def _record_result(self, job_id: str, result: Any) -> None:
+        job = self.store.get(job_id)
+        if job is not None and job.state == JobState.PROCESSING:
+            self.store.update(job.replace(result=result))
+
     def _requeue(self, job_id: str) -> Job | QueueError:
         job = self.store.get(job_id)
         if job is None:
@@ -228,14 +236,20 @@ class JobRegistry(TrackedActor):
     def _recover(self) -> None:
         """Give the Dispatcher every unfinished job found in the store, oldest first.
 
-        A job found ``processing`` was running when the process died: that
-        attempt counts. It is queued again, or failed if interruptions used up
+        A job found ``processing`` with a result was being stored: it goes back to
+        storage. A job found ``processing`` without one was running when the process
+        died: that attempt counts. It is queued again, or failed if interruptions used up
         its attempts, so a job that kills the process every time cannot loop.
         """
         interrupted = given_up = 0
         recovered: list[Job] = []
         now = self.clock.time()
         for job in self.store.active():
+            if job.state == JobState.PROCESSING and job.result is not None:
+                # Processed, but the process died while its result was being stored:
+                # the Dispatcher sends it back to storage; the video is not processed again.
+                recovered.append(job)
+                continue
             if job.state == JobState.PROCESSING:
                 interrupted += 1
                 error = (f"interrupted: the process stopped during attempt {job.attempts}"

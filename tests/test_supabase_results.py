@@ -267,3 +267,31 @@ def test_a_stop_waits_for_results_still_being_stored(
         store.close()
     assert stored is not None and stored.state == JobState.COMPLETED
     assert len(postgrest.rows("videos")) == 1
+
+
+def test_a_result_being_stored_at_a_crash_is_stored_after_restart_not_processed_again(
+        fast_settings: Settings, postgrest: PostgrestStandIn, standin: PythonApiStandIn,
+        tmp_path: Path):
+    settings = with_supabase(fast_settings, postgrest, store="sqlite",
+                             db_path=str(tmp_path / "jobs.sqlite3"), backoff_base_s=30.0,
+                             backoff_max_s=30.0)
+    postgrest.fail("videos", count=1, status=503)  # the next write waits 30 s: past the stop
+    system = JobSystem(settings).start()
+    try:
+        job_id = system.submit(JobKind.VIDEO, LOOM_VIDEO, owner="alice").job.id
+        wait_until(lambda: system.snapshot()["supabase"]["waiting"] == [job_id],
+                   "the second write to be scheduled")
+        assert system.get(job_id).result is not None  # kept on the record meanwhile
+    finally:
+        system.stop(drain=True, timeout_s=0.2)
+    assert len(standin.calls("process-video")) == 1
+    restarted = JobSystem(settings).start()
+    try:
+        job = wait_state(restarted, job_id)
+        assert job.state == JobState.COMPLETED, job.last_error
+        assert job.attempts == 1
+        assert len(standin.calls("process-video")) == 1  # not processed a second time
+        assert len(postgrest.rows("videos")) == 1
+        assert len(postgrest.rows("qudemos")) == 1
+    finally:
+        restarted.stop()
