@@ -45,7 +45,7 @@ def questions(standin: PythonApiStandIn) -> list[str]:
     return [call.body["question"] for call in standin.calls("ask-question")]
 
 
-def wait_until(probe: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+def wait_until(probe: Callable[[], T], what: str = "the condition", timeout: float = WAIT_S) -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` on timeout."""
     pause = threading.Event()
     deadline = time.monotonic() + timeout

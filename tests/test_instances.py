@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
@@ -12,18 +10,9 @@ import pytest
 from actors import JobKind, JobState, JobSystem, Settings
 from actors.instances import CLOSED, HALF_OPEN, OPEN, InstanceSet
 from tests.standin import PythonApiStandIn
+from tests.test_actors_support import wait_until
 
 VIDEO, QA = JobKind.VIDEO, JobKind.QA
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.02)
-    return predicate()
 
 
 # --- pure logic --------------------------------------------------------------------------
@@ -255,7 +244,7 @@ def test_all_instances_down_jobs_wait_with_attempts_unspent_and_resume(
         assert system.get(opener).attempts == 2
         with PythonApiStandIn(port=port) as back:
             assert wait_until(lambda: all(system.get(j).state == JobState.COMPLETED
-                                          for j in (opener, waiting)), 20)
+                                          for j in (opener, waiting)), timeout=20)
             assert system.get(opener).attempts == 3
             assert system.get(waiting).attempts == 1
             assert len(back.calls("ask-question")) == 2

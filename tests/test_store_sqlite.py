@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from actors import JobKind, JobState, JobSystem, Settings
 from actors.jobs import Job, freeze, new_job_id
 from actors.sqlite_store import SCHEMA_VERSION, SqliteJobStore, StoreUnavailable
 from tests.standin import PythonApiStandIn
+from tests.test_actors_support import wait_until
 
 
 def make_job(kind: JobKind = JobKind.QA, seq: int = 1, **changes: object) -> Job:
@@ -25,17 +24,6 @@ def make_job(kind: JobKind = JobKind.QA, seq: int = 1, **changes: object) -> Job
     job = Job(id=new_job_id(), kind=kind, priority=1 if kind == JobKind.QA else 2,
               data=freeze(data), owner="u1", created_at=time.time(), seq=seq)
     return job.replace(**changes)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """Poll an observable condition with short waits, up to a bound."""
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.02)
-    return predicate()
 
 
 def test_new_file_gets_schema_and_wal(tmp_path: Path) -> None:
