@@ -57,6 +57,7 @@ from actors.registry import JobRegistry
 from actors.result_writer import ResultWriter, WriterStats
 from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.settings import Settings
+from actors.snapshot import assemble_snapshot
 from actors.store import JobStore, open_store
 from actors.supabase_sink import Company, ResultSink
 from actors.timers import Clock, TimerService
@@ -389,64 +390,21 @@ class JobSystem:
     def snapshot(self) -> dict[str, Any]:
         """Return the whole system's state as plain data (for REPLs, health and metrics)."""
         dispatcher, registry, watchdog = self._refs()
-        dispatch = self._ask(dispatcher, Inspect())
-        records = self._ask(registry, Inspect())
-        memory = self._ask(watchdog, Inspect())
-        kinds: dict[str, Any] = {}
-        for kind in JobKind:
-            limits = self.settings.limits(kind)
-            counts = records["counts"][kind.value]
-            kinds[kind.value] = {
-                **dispatch["kinds"][kind.value],
-                "completed": counts["completed"],
-                "failed": counts["failed"],
-                "cancelled": counts["cancelled"],
-                "max_concurrent": limits.max_concurrent,
-                "max_waiting": limits.max_waiting,
-            }
-        last = memory["last"] or {}
         named = [("JobRegistry", registry), ("Dispatcher", dispatcher),
                  ("MemoryWatchdog", watchdog)]
         if self._writer is not None:
             named.append(("ResultWriter", self._writer))
-        actors = [{"name": name, "alive": ref.is_alive(), "mailbox": mailbox_depth(ref)}
-                  for name, ref in named]
-        for pool in dispatch["pools"].values():
-            actors += [{"name": f"{info['actor']} {worker_id}", "alive": info["alive"],
-                        "mailbox": info["mailbox"], "job_id": info["job_id"]}
-                       for worker_id, info in pool["workers"].items()]
-        return {
-            "state": self._state,
-            "accepting": self.accepting,
-            "draining": self.draining,
-            "kinds": kinds,
-            "running_jobs": dispatch["running_jobs"],
-            "pools": {k: {key: v for key, v in p.items() if key != "workers"}
-                      for k, p in dispatch["pools"].items()},
-            "supervisor": {
-                "restarts": sum(p["restarts"] for p in dispatch["pools"].values()),
-                "failed_pools": [k for k, p in dispatch["pools"].items() if p["failed"]],
-            },
-            "memory": {
-                "process_rss_mb": last.get("process_rss_mb"),
-                "python_api": {
-                    "memory_mb": last.get("python_api_mb"),
-                    "status": last.get("python_api_status", "unknown"),
-                    "reachable": bool(last.get("python_api_reachable", False)),
-                },
-                "threshold_mb": memory["threshold_mb"],
-                "max_memory_mb": memory["max_memory_mb"],
-                "pressure": memory["pressure"],
-                "admission_refused": memory["admission_refused"],
-                "checked_at": last.get("checked_at"),
-            },
-            "instances": _instances(dispatch["instances"], last.get("instances") or ()),
-            "all_instances_open": dispatch["all_instances_open"],
-            "registry": {k: v for k, v in records.items() if k != "counts"},
-            "supabase": self._supabase_snapshot(),
-            "timers_pending": self.timers.pending,
-            "actors": actors,
-        }
+        return assemble_snapshot(
+            self.settings,
+            state=self._state,
+            dispatch=self._ask(dispatcher, Inspect()),
+            records=self._ask(registry, Inspect()),
+            memory=self._ask(watchdog, Inspect()),
+            actors=[{"name": name, "alive": ref.is_alive(), "mailbox": mailbox_depth(ref)}
+                    for name, ref in named],
+            supabase=self._supabase_snapshot(),
+            timers_pending=self.timers.pending,
+        )
 
     def _supabase_snapshot(self) -> dict[str, Any]:
         if self.sink is None or self._writer is None:
@@ -474,12 +432,3 @@ class JobSystem:
             raise answer
         return answer
 
-
-def _instances(routing: list[dict[str, Any]], readings: Any) -> list[dict[str, Any]]:
-    """Merge the Dispatcher's view of each Python API instance with its last memory reading."""
-    by_url = {r["url"]: r for r in readings}
-    return [
-        {**item, "status": by_url.get(item["url"], {}).get("status", "unknown"),
-         "reachable": bool(by_url.get(item["url"], {}).get("reachable", False))}
-        for item in routing
-    ]

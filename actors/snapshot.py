@@ -1,0 +1,87 @@
+"""The system snapshot: what every actor reported, assembled into one piece of plain data.
+
+``JobSystem.snapshot()`` asks the Dispatcher, the JobRegistry and the
+MemoryWatchdog to ``Inspect`` themselves and hands the answers here. The shape
+is what the REPL, ``/health``, ``/api/queue/status``, the metrics and the
+dashboard read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.jobs import JobKind
+from actors.settings import Settings
+
+
+def assemble_snapshot(
+    settings: Settings,
+    *,
+    state: str,
+    dispatch: dict[str, Any],
+    records: dict[str, Any],
+    memory: dict[str, Any],
+    actors: list[dict[str, Any]],
+    supabase: dict[str, Any],
+    timers_pending: int,
+) -> dict[str, Any]:
+    """Return the snapshot built from the actors' ``Inspect`` answers."""
+    kinds: dict[str, Any] = {}
+    for kind in JobKind:
+        limits = settings.limits(kind)
+        counts = records["counts"][kind.value]
+        kinds[kind.value] = {
+            **dispatch["kinds"][kind.value],
+            "completed": counts["completed"],
+            "failed": counts["failed"],
+            "cancelled": counts["cancelled"],
+            "max_concurrent": limits.max_concurrent,
+            "max_waiting": limits.max_waiting,
+        }
+    last = memory["last"] or {}
+    workers = [{"name": f"{info['actor']} {worker_id}", "alive": info["alive"],
+                "mailbox": info["mailbox"], "job_id": info["job_id"]}
+               for pool in dispatch["pools"].values()
+               for worker_id, info in pool["workers"].items()]
+    return {
+        "state": state,
+        "accepting": state == "running",
+        "draining": state == "draining",
+        "kinds": kinds,
+        "running_jobs": dispatch["running_jobs"],
+        "pools": {k: {key: v for key, v in p.items() if key != "workers"}
+                  for k, p in dispatch["pools"].items()},
+        "supervisor": {
+            "restarts": sum(p["restarts"] for p in dispatch["pools"].values()),
+            "failed_pools": [k for k, p in dispatch["pools"].items() if p["failed"]],
+        },
+        "memory": {
+            "process_rss_mb": last.get("process_rss_mb"),
+            "python_api": {
+                "memory_mb": last.get("python_api_mb"),
+                "status": last.get("python_api_status", "unknown"),
+                "reachable": bool(last.get("python_api_reachable", False)),
+            },
+            "threshold_mb": memory["threshold_mb"],
+            "max_memory_mb": memory["max_memory_mb"],
+            "pressure": memory["pressure"],
+            "admission_refused": memory["admission_refused"],
+            "checked_at": last.get("checked_at"),
+        },
+        "instances": _instances(dispatch["instances"], last.get("instances") or ()),
+        "all_instances_open": dispatch["all_instances_open"],
+        "registry": {k: v for k, v in records.items() if k != "counts"},
+        "supabase": supabase,
+        "timers_pending": timers_pending,
+        "actors": actors + workers,
+    }
+
+
+def _instances(routing: list[dict[str, Any]], readings: Any) -> list[dict[str, Any]]:
+    """Merge the Dispatcher's view of each Python API instance with its last memory reading."""
+    by_url = {r["url"]: r for r in readings}
+    return [
+        {**item, "status": by_url.get(item["url"], {}).get("status", "unknown"),
+         "reachable": bool(by_url.get(item["url"], {}).get("reachable", False))}
+        for item in routing
+    ]
