@@ -209,9 +209,13 @@ class Settings:
     overdue_grace_s: float = 10.0
     """How long past its hard deadline a silent worker is presumed dead (not from env)."""
     store: str = "sqlite"
-    """``sqlite`` (durable, the default) or ``memory``."""
+    """``sqlite`` (durable, the default), ``memory``, or ``postgres`` (shared by instances)."""
     db_path: str = "./data/jobs.sqlite3"
     db_synchronous: str = "normal"
+    database_url: str | None = field(default=None, repr=False)
+    """PostgreSQL connection string for ``store="postgres"`` (holds a password: never shown)."""
+    lease_ttl_s: float = 30.0
+    """How long a claimed job's lease lives without renewal (``store="postgres"``)."""
     supabase_url: str | None = None
     """Supabase, where results are stored; ``None``: off, results stay in the job store."""
     supabase_service_role_key: str | None = field(default=None, repr=False)
@@ -321,10 +325,12 @@ class Settings:
             drain_timeout_s=env.ms_as_s("QUEUE_DRAIN_TIMEOUT_MS", 30000, allow_zero=True),
             worker_max_restarts=num("WORKER_MAX_RESTARTS", 5),
             worker_restart_window_s=env.ms_as_s("WORKER_RESTART_WINDOW_MS", 60000),
-            store=env.choice("QUEUE_STORE", d.store, ("sqlite", "memory")),
+            store=env.choice("QUEUE_STORE", d.store, ("sqlite", "memory", "postgres")),
             db_path=env.text("QUEUE_DB_PATH", d.db_path),
             db_synchronous=env.choice("QUEUE_DB_SYNCHRONOUS", d.db_synchronous,
                                       ("normal", "full")),
+            database_url=env.raw("DATABASE_URL"),
+            lease_ttl_s=env.ms_as_s("QUEUE_LEASE_TTL_MS", 30000),
             supabase_url=env.url("SUPABASE_URL", "") if env.raw("SUPABASE_URL") else None,
             supabase_service_role_key=env.raw("SUPABASE_SERVICE_ROLE_KEY"),
             supabase_table_videos=env.text("SUPABASE_TABLE_VIDEOS", d.supabase_table_videos),
@@ -342,4 +348,19 @@ class Settings:
             settings.backoff_max_s >= settings.backoff_base_s,
             "QUEUE_BACKOFF_MAX_MS must not be below QUEUE_BACKOFF_DELAY",
         )
+        env.problems.extend(settings.database_problems())
         return settings
+
+    def database_problems(self) -> list[str]:
+        """Return what is wrong with the PostgreSQL settings (the URL itself is never quoted)."""
+        if self.database_url is None:
+            return (["QUEUE_STORE=postgres needs DATABASE_URL (a postgresql:// connection string)"]
+                    if self.store == "postgres" else [])
+        try:
+            scheme = urlsplit(self.database_url).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("postgresql", "postgres"):
+            return ["DATABASE_URL is not a postgresql:// connection string (value not shown: "
+                    "it may hold a password)"]
+        return []

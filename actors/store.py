@@ -26,6 +26,14 @@ def open_store(settings: Settings) -> JobStore:
     """Open the store ``settings.store`` names (``QUEUE_STORE``)."""
     if settings.store == "memory":
         return MemoryJobStore()
+    if settings.store == "postgres":
+        from actors.errors import SettingsError
+        from actors.pg_store import PostgresJobStore  # psycopg is imported only when used
+
+        problems = settings.database_problems()
+        if problems or settings.database_url is None:
+            raise SettingsError(problems)
+        return PostgresJobStore(settings.database_url)
     from actors.sqlite_store import SqliteJobStore  # imported only when used
 
     return SqliteJobStore(settings.db_path, synchronous=settings.db_synchronous.upper())
