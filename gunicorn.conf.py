@@ -9,7 +9,9 @@ once (503 with Retry-After), running jobs get the graceful timeout to finish.
 Environment: ``PORT`` (5000), ``HOST`` (0.0.0.0), ``GUNICORN_THREADS`` (8),
 ``GUNICORN_TIMEOUT`` (30 s), ``QUEUE_DRAIN_TIMEOUT_MS`` (30000; the graceful
 timeout is this plus 5 s), ``GUNICORN_ACCESS_LOG`` ("-" for stdout, empty for none),
-``LOG_LEVEL`` (info).
+``LOG_LEVEL`` (info), ``LOG_FORMAT`` (``text``, or ``json``: one JSON object per line, job
+lifecycle lines with job_id, kind, attempt and event). With ``METRICS_PORT`` set, the
+worker also serves ``/metrics`` on that port (``web.metrics.serve_separately``).
 """
 
 from __future__ import annotations
@@ -54,24 +56,28 @@ keepalive = 5
 preload_app = False
 accesslog = _get("GUNICORN_ACCESS_LOG", "-") or None
 loglevel = _get("LOG_LEVEL", "info").lower()
+_log_format = _get("LOG_FORMAT", "text").strip().lower()
 limit_request_line = 8190
 limit_request_fields = 100
 # gunicorn's runtime control socket (gunicornc) is not used, and one fixed path per user
 # would make two instances on one machine collide.
 control_socket_disable = True
 
-# Application logs: one line each, with the thread (actor) that wrote it.
+# Application logs: one line each, with the thread (actor) that wrote it; LOG_FORMAT=json
+# makes every line (gunicorn's too) one JSON object (actors.logs.JsonFormatter).
+_formatters: dict[str, dict[str, str]] = {
+    "plain": {
+        "format": "%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: "
+                  "%(message)s",
+    },
+    "json": {"()": "actors.logs.JsonFormatter"},
+}
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {
-            "format": "%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: "
-                      "%(message)s",
-        },
-    },
+    "formatters": {"line": _formatters["json" if _log_format == "json" else "plain"]},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain",
+        "console": {"class": "logging.StreamHandler", "formatter": "line",
                     "stream": "ext://sys.stderr"},
     },
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
@@ -107,10 +113,18 @@ def post_worker_init(worker: Any) -> None:
             original(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    app = getattr(worker, "wsgi", None)
+    if _extension(worker) is not None:
+        from web.metrics import serve_separately
+
+        serve_separately(app, _get("HOST", "0.0.0.0"))  # only when METRICS_PORT is set
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Drain and stop the actors: running jobs get the drain timeout to finish."""
     ext = _extension(worker)
     if ext is not None:
+        from web.metrics import stop_separate_server
+
+        stop_separate_server(worker.wsgi)
         ext.shutdown(drain=True, timeout_s=_drain_s)

@@ -2,20 +2,30 @@
 
 Settings are read once from the environment (and ``.env``); a bad value stops
 the start with a message naming every bad variable.
+
+The ``flask`` command (``flask --app wsgi jobs list``, the operator CLI of ``web.cli``)
+imports this module too, after setting ``FLASK_RUN_FROM_CLI``. Its commands talk to the
+running server over HTTP, so then ``app`` is the CLI's app, which starts no job system:
+a second one would contend for the server's job store and its lock.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from actors.errors import SettingsError
 from web import create_app
+from web.cli import create_cli_app
 from web.settings import configure_logging, load_settings
 
-try:
-    settings = load_settings()
-    configure_logging(settings.web)  # a no-op under gunicorn, whose logconfig_dict comes first
-    app = create_app(settings)
-except SettingsError as exc:
-    sys.stderr.write(f"qudemo-jobs: {exc}\n")
-    raise SystemExit(2) from None
+if os.environ.get("FLASK_RUN_FROM_CLI") == "true":
+    app = create_cli_app()
+else:
+    try:
+        settings = load_settings()
+        configure_logging(settings.web)  # only the level under gunicorn (logconfig_dict first)
+        app = create_app(settings)
+    except SettingsError as exc:
+        sys.stderr.write(f"qudemo-jobs: {exc}\n")
+        raise SystemExit(2) from None

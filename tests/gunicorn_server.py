@@ -63,7 +63,9 @@ class GunicornServer:
             raise RuntimeError(f"gunicorn exited with {self.proc.returncode}; log:\n{self.log()}")
         try:
             return self.session.get(self.url + "/health/live", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
+            # The master accepts before the worker has booted: on a busy machine the first
+            # probe can wait longer than its timeout. Not up yet; ask again.
             return False
 
     def wait_until(self, predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:

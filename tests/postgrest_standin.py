@@ -22,21 +22,17 @@ so the stand-in cannot share a bug with the client under test.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import socket
-import socketserver
-import sys
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tests.loopback_server import LoopbackHandler, LoopbackServer
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +46,6 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
                   "start", "end", "created_at"),
 }
 """The tables and their columns, as the README's CREATE TABLE statements declare them."""
-_STOP_JOIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,40 +92,10 @@ def _error(status: int, code: str | None, message: str, details: str | None = No
     return _Reply(status, {"code": code, "details": details, "hint": hint, "message": message})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _Handler(LoopbackHandler):
+    """Hand a request to the stand-in and write its reply."""
 
-    def __init__(self, address: tuple[str, int], standin: PostgrestStandIn) -> None:
-        self.standin = standin
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no reverse DNS lookup
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self.process_request_thread,
-                                  args=(request, client_address),
-                                  name=f"PostgrestStandIn-{self.server_port}-conn", daemon=True)
-        self.standin._track(request, thread)
-        thread.start()
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.standin._untrack(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):
-            logger.exception("PostgREST stand-in failed on a request from %s", client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
+    log_level = logging.DEBUG
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -147,99 +112,53 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
     def _serve(self, method: str) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length, self.close_connection = 0, True
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self.read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.standin._handle(method, self.path, headers, raw)
+        standin = cast("PostgrestStandIn", self.server.owner)
+        reply = standin._handle(method, self.path, headers, raw)
         if reply is None:  # stopped while held
             self.close_connection = True
             return
         payload = reply.raw if reply.raw is not None else (
             b"" if reply.body is None else json.dumps(reply.body).encode())
         try:
-            self.send_response(reply.status)
-            if payload:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
+            self.send_head(reply.status, len(payload), reply.headers,
+                           "application/json; charset=utf-8" if payload else None)
             if method != "HEAD":
                 self.wfile.write(payload)
         except OSError:
             self.close_connection = True
 
 
-class PostgrestStandIn:
+class PostgrestStandIn(LoopbackServer):
     """A controllable fake of Supabase's ``/rest/v1``; see the module doc."""
+
+    handler = _Handler
+    thread_name = "PostgrestStandIn"
+    label = "PostgREST stand-in"
+    logger = logger
 
     def __init__(self, *, key: str = SERVICE_KEY, schema: Mapping[str, Iterable[str]] = SCHEMA,
                  host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self.key = key
-        self._address = (host, port)
         self._columns = {table: tuple(columns) for table, columns in schema.items()}
         self._tables: dict[str, list[dict[str, Any]]] = {table: [] for table in schema}
         self._requests: list[Request] = []
         self._failures: dict[str, deque[_Failure]] = {}
         self._held: set[str] = set()
         self._gate = threading.Event()
-        self._cond = threading.Condition(threading.RLock())
-        self._stopped = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: dict[Any, threading.Thread] = {}
 
     # lifecycle
-    def start(self) -> PostgrestStandIn:
-        """Bind and serve on a background thread."""
-        self._server = _Server(self._address, self)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name=f"PostgrestStandIn-{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Release held requests, shut down, join; idempotent."""
-        with self._cond:
-            if self._server is None or self._stopped.is_set():
-                return
-            self._stopped.set()
-            self._gate.set()
-            self._cond.notify_all()
-        self._server.shutdown()
-        with self._cond:
-            connections = dict(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._server.server_close()
-        deadline = time.monotonic() + _STOP_JOIN_S
-        for thread in [self._thread, *connections.values()]:
-            if thread is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> PostgrestStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return self._server.server_address[1] if self._server else self._address[1]
+    def _on_stop(self) -> None:
+        """Release held requests."""
+        self._gate.set()
 
     @property
     def url(self) -> str:
         """The project URL, as ``SUPABASE_URL`` takes it (the API is under ``/rest/v1``)."""
-        return f"http://{self._address[0]}:{self.port}"
+        return super().url
 
     # controls
     def seed(self, table: str, *rows: Mapping[str, Any]) -> None:
@@ -295,26 +214,12 @@ class PostgrestStandIn:
                     if (table is None or r.table == table)
                     and (method is None or r.method == method)]
 
-    def wait_for(self, predicate: Callable[[PostgrestStandIn], bool],
-                 timeout: float = 5.0) -> bool:
-        """Block until ``predicate(self)`` holds; re-checked on every request."""
-        with self._cond:
-            return bool(self._cond.wait_for(lambda: predicate(self), timeout))
-
     def wait_requests(self, table: str, count: int, *, method: str | None = None,
                       timeout: float = 5.0) -> bool:
         """Wait until ``table`` has received ``count`` requests (of ``method``)."""
         return self.wait_for(lambda s: len(s.requests(table, method)) >= count, timeout)
 
     # serving
-    def _track(self, sock: Any, thread: threading.Thread) -> None:
-        with self._cond:
-            self._connections[sock] = thread
-
-    def _untrack(self, sock: Any) -> None:
-        with self._cond:
-            self._connections.pop(sock, None)
-
     def _handle(self, method: str, target: str, headers: dict[str, str],
                 raw: bytes) -> _Reply | None:
         parts = urlsplit(target)
@@ -332,7 +237,7 @@ class PostgrestStandIn:
             self._cond.notify_all()
         if gate is not None:
             gate.wait()
-            if self._stopped.is_set():
+            if self._stop_event.is_set():
                 return None
         with self._cond:
             reply = self._reply(method, parts.path, table, query, headers, body)

@@ -15,9 +15,6 @@ import argparse
 import contextlib
 import json
 import logging
-import socket
-import socketserver
-import sys
 import threading
 import time
 from collections import deque
@@ -25,9 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
+
+from tests.loopback_server import LoopbackHandler, LoopbackServer
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +37,6 @@ DEFAULT_MEMORY_MB = 500.0
 DEFAULT_ANSWER = "This is the answer."
 _METHOD = {"process-video": "POST", "ask-question": "POST", "health": "GET", "memory-status": "GET"}
 _REQUIRED = {"process-video": ("video_url",), "ask-question": ("question", "company_name")}
-_STOP_JOIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,43 +124,8 @@ def _parse(endpoint: str, raw: bytes) -> tuple[Any, list[dict] | None]:
     return body, detail or None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # stop() shuts connections down and joins with a deadline instead
-
-    def __init__(self, address: tuple[str, int], standin: PythonApiStandIn) -> None:
-        self.standin = standin
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), slow in some sandboxes.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Tracked here, in the accept loop, so stop() sees every connection once shutdown() returns.
-        thread = threading.Thread(target=self.process_request_thread,
-                                  args=(request, client_address),
-                                  name=f"StandIn-{self.server_port}-conn", daemon=True)
-        self.standin._track(request, thread)
-        thread.start()
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.standin._untrack(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away is its own business, not a stand-in failure worth a traceback.
-        if not isinstance(sys.exc_info()[1], OSError):
-            logger.exception("stand-in failed on a request from %s", client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the client's pooled requests.Session expects
-    disable_nagle_algorithm = True  # headers and body are separate writes: avoid delayed-ACK stalls
-    server: _Server
+class _Handler(LoopbackHandler):
+    """Route a request to its endpoint and write the stand-in's answer."""
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -171,34 +133,21 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve("POST")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.info("%s %s", self.address_string(), format % args)
-
     def _serve(self, method: str) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length, self.close_connection = 0, True
-        # Always read the whole body, or the next request on this keep-alive connection is garbage.
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self.read_body()
         route = _route(self.path)
         if route is None:
             self.write(404, json.dumps({"detail": "Not Found"}).encode())
         elif _METHOD[route[0]] != method:
             self.write(405, json.dumps({"detail": "Method Not Allowed"}).encode())
         else:
-            self.server.standin._answer(self, route[0], route[1], raw)
+            cast("PythonApiStandIn", self.server.owner)._answer(self, route[0], route[1], raw)
 
     def write(self, status: int, payload: bytes, headers: Mapping[str, str] | None = None,
               trickle_interval_s: float | None = None,
               stop: threading.Event | None = None) -> None:
         """Send one response; with a trickle interval the body goes out one byte at a time."""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
+        self.send_head(status, len(payload), headers)
         if trickle_interval_s is None:
             self.wfile.write(payload)
             return
@@ -208,16 +157,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload[i : i + 1])
 
 
-class PythonApiStandIn:
+class PythonApiStandIn(LoopbackServer):
     """A controllable fake of the Python API served on a background thread; see the module doc."""
 
+    handler = _Handler
+    thread_name = "StandIn"
+    label = "stand-in"
+    logger = logger
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._address = (host, port)
-        self._cond = threading.Condition(threading.RLock())  # predicates re-enter the accessors
-        self._stop_event = threading.Event()  # set once, by stop(); interrupts every wait
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: dict[Any, threading.Thread] = {}
+        super().__init__(host, port)
         self._gates = {ep: threading.Event() for ep in ENDPOINTS}
         self._held: set[str] = set()
         self._scripts: dict[str, deque[Reply]] = {ep: deque() for ep in ENDPOINTS}
@@ -230,56 +179,17 @@ class PythonApiStandIn:
         self._max_in_flight = dict.fromkeys(ENDPOINTS, 0)
 
     # lifecycle
-    def start(self) -> PythonApiStandIn:
-        """Bind and serve on a background thread; returns self. A stand-in starts only once."""
-        with self._cond:
-            if self._server is not None:
-                raise RuntimeError("stand-in already started")
-            self._server = _Server(self._address, self)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name=f"StandIn-{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Drop held, hanging and trickling requests, shut down, join; idempotent, never hangs."""
-        with self._cond:
-            if self._server is None or self._stop_event.is_set():
-                return
-            self._stop_event.set()
-            for gate in self._gates.values():
-                gate.set()
-            self._cond.notify_all()
-        self._server.shutdown()  # no accept after this, so the snapshot below is complete
-        with self._cond:
-            connections = dict(self._connections)
-        for sock in connections:
-            # Wakes handler threads blocked reading the next request of a keep-alive connection.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._server.server_close()
-        deadline = time.monotonic() + _STOP_JOIN_S
-        for thread in [self._thread, *connections.values()]:
-            if thread is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> PythonApiStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound port once started, else the requested one."""
-        return self._server.server_address[1] if self._server else self._address[1]
+    def _on_stop(self) -> None:
+        """Drop held, hanging and trickling requests: open every gate."""
+        for gate in self._gates.values():
+            gate.set()
 
     @property
     def url(self) -> str:
         """Base URL such as "http://127.0.0.1:5001"; valid after start()."""
         if self._server is None:
             raise RuntimeError("stand-in not started")
-        return f"http://{self._address[0]}:{self.port}"
+        return super().url
 
     # controls
     def set_latency(self, endpoint: str, seconds: float) -> None:
@@ -344,11 +254,6 @@ class PythonApiStandIn:
         with self._cond:
             return [c for c in self._calls if endpoint is None or c.endpoint == _checked(endpoint)]
 
-    def wait_for(self, predicate: Callable[[PythonApiStandIn], bool], timeout: float = 5.0) -> bool:
-        """Block until predicate(self) holds, re-checked on every request and control change."""
-        with self._cond:
-            return bool(self._cond.wait_for(lambda: predicate(self), timeout))
-
     def wait_in_flight(self, endpoint: str, count: int, timeout: float = 5.0) -> bool:
         """Wait until in_flight(endpoint) >= count."""
         return self.wait_for(lambda s: s.in_flight(endpoint) >= count, timeout)
@@ -362,14 +267,6 @@ class PythonApiStandIn:
         with self._cond:
             change()
             self._cond.notify_all()
-
-    def _track(self, sock: Any, thread: threading.Thread) -> None:
-        with self._cond:
-            self._connections[sock] = thread
-
-    def _untrack(self, sock: Any) -> None:
-        with self._cond:
-            self._connections.pop(sock, None)
 
     def _answer(self, handler: _Handler, endpoint: str, company: str, raw: bytes) -> None:
         body, detail = _parse(endpoint, raw)

@@ -4,7 +4,9 @@
 ``job_system`` it starts one from ``settings.core`` and owns it: stop it with
 ``web.context.extension(app).shutdown()`` (gunicorn's ``worker_exit`` does). Blueprints,
 one per module: ``submit`` (videos, questions), ``jobs`` (one job, list), ``queue``
-(status, monitor, pause/resume), ``health`` (probes). Cross-cutting pieces: ``errors``
+(status, monitor, pause/resume), ``health`` (probes), ``metrics`` (Prometheus),
+``dashboard`` (the live page, its files and its data), ``openapi`` (the document).
+Cross-cutting pieces: ``errors``
 (the status table), ``auth`` (JWT), ``limits`` (flask-limiter), ``security`` (CORS and
 headers), ``models`` and ``body`` (validation), ``video_urls`` (the SSRF policy).
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 from actors.errors import SettingsError
-from web import health, jobs, queue, submit
+from web import dashboard, health, jobs, metrics, openapi, queue, submit
 from web.context import EXTENSION, QudemoExtension
 from web.errors import register_error_handlers
 from web.limits import init_limits
@@ -62,7 +64,7 @@ def create_app(settings: AppSettings | None = None, *, job_system: JobSystem | N
 
 
 def _build(settings: AppSettings, job_system: JobSystem, owns_system: bool) -> Flask:
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # web/static/ is the dashboard's, served there
     app.config.update(
         MAX_CONTENT_LENGTH=settings.web.max_body_bytes,
         # A 500 must be answered as JSON by our handler, even when someone sets TESTING.
@@ -74,8 +76,9 @@ def _build(settings: AppSettings, job_system: JobSystem, owns_system: bool) -> F
         settings=settings, system=job_system, owns_system=owns_system
     )
     register_error_handlers(app)
-    init_limits(app, settings.web, exempt=[health.bp])
+    metrics.init_metrics(app, job_system)  # first: its clock also times rate-limited requests
+    init_limits(app, settings.web, exempt=[health.bp, metrics.bp, dashboard.bp, openapi.bp])
     init_security(app, settings.web)
-    for module in (submit, jobs, queue, health):
+    for module in (submit, jobs, queue, health, metrics, dashboard, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -43,7 +43,8 @@ def get_job(kind: str, job_id: str) -> Response:
 def cancel_job(kind: str, job_id: str) -> Response:
     """Cancel a job that is still waiting (queued or retrying); 409 otherwise."""
     job = job_system().cancel(_visible_job(kind, job_id).id)
-    logger.info("job %s: cancelled by %s", job.id, current_principal().user_id)
+    # An audit line (who asked), not a lifecycle event: the Dispatcher logs "cancelled".
+    logger.info("cancel of job %s requested by %s", job.id, current_principal().user_id)
     return jsonify({"success": True, "message": "Job cancelled", "data": job_json(job)})
 
 
@@ -52,7 +53,7 @@ def cancel_job(kind: str, job_id: str) -> Response:
 def retry_job(kind: str, job_id: str) -> Response:
     """Queue a failed job again; 409 unless it failed."""
     submission = job_system().retry(_visible_job(kind, job_id).id)
-    logger.info("job %s: retry asked by %s", job_id, current_principal().user_id)
+    logger.info("retry of job %s requested by %s", job_id, current_principal().user_id)
     return accepted(submission, "Job queued again")
 
 
@@ -63,7 +64,10 @@ def list_jobs() -> Response:
     principal = current_principal()
     args = request.args
     problems: list[dict[str, str]] = []
-    kind = _enum(JobKind, args.get("type") or args.get("kind"), "type", problems)
+    by_type, by_kind = (_enum(JobKind, args.get(name), name, problems) for name in ("type", "kind"))
+    if by_type and by_kind and by_type != by_kind:
+        problems.append({"field": "kind", "message": "disagrees with type (send one of them)"})
+    kind = by_type or by_kind
     state = _enum(JobState, args.get("status"), "status", problems)
     limit_text = args.get("limit", "100")
     limit = int(limit_text) if limit_text.isdigit() and len(limit_text) < 5 else 0

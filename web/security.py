@@ -10,7 +10,10 @@ Headers: every response is JSON, so the Content-Security-Policy forbids everythi
 (``default-src 'none'``) and framing is limited to the same origin (``frame-ancestors
 'self'``, matching ``X-Frame-Options: SAMEORIGIN``). ``Strict-Transport-Security`` is
 sent only in production, where TLS terminates in front of us: on a laptop it would pin
-``localhost`` to HTTPS for every other project. Responses are ``Cache-Control: no-store``
+``localhost`` to HTTPS for every other project. The one HTML page, ``/dashboard``, sets
+``DASHBOARD_CSP`` itself (kept after this, as every header here is only a default): its
+script, style, images and fetches from this origin only, nothing inline, no framing.
+Responses are ``Cache-Control: no-store``
 because job data belongs to one user. The ``Server`` header is the WSGI server's
 (gunicorn's is set in ``gunicorn.conf.py``); the app never adds one.
 """
@@ -36,6 +39,10 @@ SECURITY_HEADERS = {
     "X-Permitted-Cross-Domain-Policies": "none",
     "X-XSS-Protection": "0",
 }
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                 "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                 "form-action 'none'")
+"""The policy of ``/dashboard`` (``web.dashboard``): exactly what the page needs."""
 HSTS = "max-age=15552000; includeSubDomains"
 EXPOSED_HEADERS = ["Location", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
                    "RateLimit-Reset", "RateLimit-Policy"]

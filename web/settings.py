@@ -16,6 +16,12 @@ Decisions worth knowing (the README's configuration table repeats them):
 * ``JWT_SECRET`` unset outside production turns authentication off (every request acts
   as the local admin, see ``web.auth``); in production it is required. A secret shorter
   than 32 bytes is refused everywhere: HS256 needs a key at least as long as its hash.
+* ``METRICS_ACCESS`` is ``admin`` (the default: ``/metrics`` needs an admin token, or
+  nothing when authentication is off) or ``public``. ``METRICS_PORT`` serves the metrics
+  on a separate bind instead (no token; keep that port private), and the main port's
+  ``/metrics`` then answers 404 (see ``web.metrics``).
+* ``LOG_FORMAT`` is ``text`` (the default) or ``json``: one JSON object per line, with
+  ``job_id``, ``kind``, ``attempt`` and ``event`` on job lifecycle lines.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from actors.errors import SettingsError
+from actors.logs import JsonFormatter
 from actors.settings import EnvReader, Settings, merged_environ, warn_superseded
 from web.video_urls import is_ip_literal, valid_hostname
 
@@ -37,6 +44,9 @@ DEFAULT_VIDEO_HOSTS: tuple[str, ...] = (
     "loom.com", "www.loom.com", "vimeo.com", "player.vimeo.com",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+METRICS_ACCESS = ("admin", "public")
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 MIN_JWT_SECRET_BYTES = 32
 
 
@@ -54,6 +64,9 @@ class WebSettings:
     video_url_allowed_hosts: tuple[str, ...] = DEFAULT_VIDEO_HOSTS
     max_body_bytes: int = 65536
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_access: str = "admin"
+    metrics_port: int | None = None
 
     @property
     def production(self) -> bool:
@@ -94,6 +107,13 @@ class WebSettings:
                          "storage URI such as memory:// or redis://host:6379")
         if self.log_level not in LOG_LEVELS:
             found.append(f"LOG_LEVEL={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            found.append(f"LOG_FORMAT={self.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
+        if self.metrics_access not in METRICS_ACCESS:
+            found.append(f"METRICS_ACCESS={self.metrics_access!r} must be one of "
+                         f"{', '.join(METRICS_ACCESS)}")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            found.append(f"METRICS_PORT={self.metrics_port} must be a port from 1 to 65535")
         return found
 
     @classmethod
@@ -117,6 +137,9 @@ class WebSettings:
             max_body_bytes=env.number("MAX_BODY_BYTES", 65536, minimum=1024,
                                       maximum=16 * 1024 * 1024),
             log_level=env.choice("LOG_LEVEL", d.log_level, LOG_LEVELS),
+            log_format=env.choice("LOG_FORMAT", d.log_format, LOG_FORMATS),
+            metrics_access=env.choice("METRICS_ACCESS", d.metrics_access, METRICS_ACCESS),
+            metrics_port=env.number("METRICS_PORT", 0, maximum=65535) or None,
         )
         env.problems.extend(settings.problems())
         return settings
@@ -149,12 +172,22 @@ def load_settings(
 
 
 def configure_logging(settings: WebSettings) -> None:
-    """Set up root logging at ``LOG_LEVEL`` with thread names, unless already configured."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s",
-    )
+    """Set up root logging at ``LOG_LEVEL`` in ``LOG_FORMAT``, unless already configured.
+
+    Under gunicorn the root logger already has ``logconfig_dict``'s handler (same level
+    and format), so only the level is set here.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter(settings.log_format))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger().setLevel(settings.log_level.upper())
+
+
+def log_formatter(log_format: str) -> logging.Formatter:
+    """Return the formatter of ``LOG_FORMAT``: JSON lines or text with thread names."""
+    if log_format == "json":
+        return JsonFormatter()
+    return logging.Formatter(TEXT_LOG_FORMAT)
 
 
 def _split(value: str | None) -> tuple[str, ...]:

@@ -60,8 +60,9 @@ def ask_question(interaction_id: str) -> Response:
          "interaction_id": interaction_id},
         owner=principal.user_id,
     )
-    logger.info("job %s: question queued for interaction %s (position %s)",
-                submission.job.id, interaction_id, submission.queue_position)
+    # The lifecycle line ("accepted") is the JobRegistry's; this adds the request's details.
+    logger.debug("job %s: question for interaction %s, queue position %s",
+                 submission.job.id, interaction_id, submission.queue_position)
     return accepted(submission, "Question queued for AI processing")
 
 
@@ -78,8 +79,8 @@ def _submit_video(model: type[VideoBody]) -> Response:
         owner=principal.user_id,
         dedupe_key=body.dedupe_key(),
     )
-    logger.info("job %s: video queued for %s from %s (position %s)", submission.job.id,
-                body.company_name, body.video.host, submission.queue_position)
+    logger.debug("job %s: video for %s from %s, queue position %s", submission.job.id,
+                 body.company_name, body.video.host, submission.queue_position)
     return accepted(submission, "Video processing queued successfully")
 
 

@@ -1,0 +1,117 @@
+"""The summary chart, ``bench/results/summary.png``: each benchmark as a ratio to its baseline.
+
+Four panels from ``bench/results/*.json`` (matplotlib, Agg backend): HTTP enqueue and
+core throughput relative to their limits, Q&A latency idle and busy, and RSS over
+retained jobs. A dashed line marks each aim. ``python -m bench.chart`` redraws it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import RESULTS, read_result
+
+OURS, LIMIT, PEER = "#2a6fb0", "#999999", "#d08c2c"
+
+
+def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str],
+          notes: list[str]) -> None:
+    bars = ax.bar(labels, values, color=colors)
+    ax.set_ylim(0, max(values, default=1) * 1.22)
+    for bar, note in zip(bars, notes, strict=True):
+        ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                    textcoords="offset points")
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def http_panel(ax: Any, r: dict[str, Any]) -> None:
+    """Throughput of each server relative to the bare route, with the 0.8 aim."""
+    runs = r["runs"]
+    names = ["bare", "memory", "sqlite"]
+    base = runs["bare"]["throughput_rps"]
+    _bars(ax, ["bare Flask", "memory store", "sqlite store"],
+          [runs[n]["throughput_rps"] / base for n in names], [LIMIT, OURS, OURS],
+          [f"{runs[n]['throughput_rps']:.0f}/s\np99 {runs[n]['p99_ms']:.0f} ms" for n in names])
+    ax.axhline(0.8, ls="--", color="k", lw=0.8)
+    ax.set_ylabel("throughput / bare route")
+    ax.set_title("HTTP enqueue, 32 connections", fontsize=10)
+
+
+def core_panel(ax: Any, r: dict[str, Any]) -> None:
+    """Jobs per second relative to the ThreadPoolExecutor, with the 0.5 aim."""
+    res = r["results"]
+    names = [n for n in ("threadpool", "jobsystem_memory", "jobsystem_sqlite", "dramatiq",
+                         "huey") if n in res]
+    labels = {"threadpool": "thread\npool", "jobsystem_memory": "ours\nmemory",
+              "jobsystem_sqlite": "ours\nsqlite", "dramatiq": "dramatiq", "huey": "huey"}
+    colors = [LIMIT if n == "threadpool" else OURS if n.startswith("jobsystem") else PEER
+              for n in names]
+    _bars(ax, [labels[n] for n in names], [res[n]["vs_threadpool"] for n in names], colors,
+          [f"{res[n]['jobs_per_s']:.0f}/s" for n in names])
+    ax.axhline(0.5, ls="--", color="k", lw=0.8)
+    ax.set_ylabel("jobs/s / ThreadPoolExecutor")
+    ax.set_title("Core throughput, no-op jobs", fontsize=10)
+
+
+def isolation_panel(ax: Any, r: dict[str, Any]) -> None:
+    """Q&A p50 and p99 latency, idle and with 200 videos waiting."""
+    labels, values, colors, notes = [], [], [], []
+    for store, f in r["results"].items():
+        for phase in ("idle", "busy"):
+            labels.append(f"{store}\n{phase}")
+            values.append(f[phase]["p99_ms"])
+            colors.append(LIMIT if phase == "idle" else OURS)
+            notes.append(f"p50 {f[phase]['p50_ms']:.1f}\np99 {f[phase]['p99_ms']:.1f}")
+    _bars(ax, labels, values, colors, notes)
+    ax.set_ylabel("Q&A p99 latency (ms)")
+    ax.set_title("Isolation: Q&A with 200 videos waiting", fontsize=10)
+
+
+def memory_panel(ax: Any, r: dict[str, Any]) -> None:
+    """RSS over retained finished jobs per variant; idle RSS in the title."""
+    labels = {"memory": "memory store", "sqlite": "sqlite store",
+              "sqlite_timers_compacted": "sqlite, timers compacted"}
+    for variant, v in r["retained"].items():
+        xs = [s["retained"] / 1000 for s in v["samples"]]
+        ys = [s["rss_mb"] for s in v["samples"]]
+        ax.plot(xs, ys, marker="o", ms=3,
+                label=f"{labels.get(variant, variant)}: +{v['growth_mb_per_100k']:.0f} MB/100k")
+    ax.set_xlabel("finished jobs retained (thousands)")
+    ax.set_ylabel("RSS (MB)")
+    ax.legend(fontsize=7)
+    idle = r["idle"]
+    ax.set_title(f"Memory (idle server {idle['app_mb']:.0f} MB, bare {idle['bare_mb']:.0f} MB)",
+                 fontsize=10)
+
+
+def render(path: Path = RESULTS / "summary.png") -> Path | None:
+    """Draw every panel whose results exist; return the PNG's path (``None`` if none)."""
+    panels = [(name, draw, read_result(name)) for name, draw in (
+        ("http_enqueue", http_panel), ("core_throughput", core_panel),
+        ("isolation", isolation_panel), ("memory", memory_panel))]
+    panels = [p for p in panels if p[2] is not None]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    machine = panels[0][2]["machine"]
+    for ax, (_, draw, result) in zip(axes.flat, panels, strict=False):
+        draw(ax, result)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"QuDemo jobs benchmarks, {machine['date']}, {machine['cpu_count']} CPUs, "
+                 f"Python {machine['python']} (dashed: aim)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    print(render())

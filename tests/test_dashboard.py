@@ -1,0 +1,91 @@
+"""The dashboard over HTTP: its page and files, its data, who may read it, and what it loads."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask.testing import FlaskClient
+
+from actors import JobSystem
+from tests.standin import PythonApiStandIn, Reply
+from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job
+from web.dashboard import FILES, STATIC
+from web.security import DASHBOARD_CSP
+
+ADMIN = bearer("root", role="admin")
+
+
+@pytest.fixture
+def client(job_system: JobSystem) -> FlaskClient:
+    return make_app(job_system, jwt_secret=SECRET).test_client()
+
+
+def test_page_and_files_need_no_token(client: FlaskClient) -> None:
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert page.headers["Content-Security-Policy"] == DASHBOARD_CSP
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    for name, mimetype in FILES.items():
+        if name == "dashboard.html":
+            continue
+        reply = client.get(f"/dashboard/{name}")
+        assert reply.status_code == 200 and reply.mimetype == mimetype, name
+        assert client.get(f"/dashboard/{name}",
+                          headers={"If-None-Match": reply.headers["ETag"]}).status_code == 304
+    for other in ("/dashboard/dashboard.html", "/dashboard/../models.py", "/static/dashboard.js",
+                  "/dashboard/nope.js"):
+        assert client.get(other).status_code == 404, other
+
+
+def test_files_work_offline_under_the_policy() -> None:
+    html = (STATIC / "dashboard.html").read_text()
+    everything = "".join((STATIC / name).read_text() for name in FILES)
+    assert not re.search(r'(?<!xmlns=")https?://', everything), "nothing from another origin"
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html), "no inline script (script-src 'self')"
+    assert not re.search(r"<style|\sstyle=", html), "no inline style (style-src 'self')"
+    assert not re.search(r"\son[a-z]+=", html), "no inline event handlers"
+    assert "innerHTML" not in (STATIC / "dashboard.js").read_text(), "server text is never HTML"
+    for reference in re.findall(r'(?:href|src)="([^"]+)"', html):
+        assert reference.removeprefix("/dashboard/") in FILES, reference
+
+
+def test_data_is_for_admins(client: FlaskClient) -> None:
+    assert client.get("/api/queue/dashboard").status_code == 401
+    assert client.get("/api/queue/dashboard", headers=bearer("alice")).status_code == 403
+    reply = client.get("/api/queue/dashboard", headers=ADMIN)
+    assert reply.status_code == 200
+    data = reply.json["data"]
+    assert set(data["queues"]) == {"video", "qa"}
+    assert data["running"] == [] and data["failures"] == []
+    assert {"processRssMb", "thresholdMb", "maxMemoryMb", "python"} <= set(data["memory"])
+
+
+def test_data_shows_running_jobs_and_failures(client: FlaskClient,
+                                              standin: PythonApiStandIn) -> None:
+    standin.script("ask-question", Reply(status=400, body={"detail": "unknown company"}))
+    failed = client.post("/api/interactions/i-1/questions", json=QUESTION, headers=ADMIN)
+    wait_job(client, failed.headers["Location"], standin, headers=ADMIN)
+    standin.hold("process-video")
+    try:
+        running = client.post("/api/video/process", json=VIDEO, headers=ADMIN)
+        assert standin.wait_in_flight("process-video", 1)
+        data = client.get("/api/queue/dashboard", headers=ADMIN).json["data"]
+    finally:
+        standin.release("process-video")
+    wait_job(client, running.headers["Location"], standin, headers=ADMIN)
+    (job,) = data["running"]
+    assert job["id"] == running.json["data"]["jobId"] and job["type"] == "video"
+    assert job["attempt"] == 1 and job["ageSeconds"] >= 0 and job["worker"]
+    (failure,) = data["failures"]
+    assert failure["id"] == failed.json["data"]["jobId"]
+    assert "unknown company" in failure["lastError"] and failure["failedAt"]
+    assert data["queues"]["video"]["activeJobs"] == 1 and data["queues"]["qa"]["failed"] == 1
+
+
+def test_dashboard_is_exempt_from_the_rate_limit(job_system: JobSystem) -> None:
+    client = make_app(job_system, rate_limit_max_requests=2).test_client()
+    for _ in range(4):
+        for path in ("/dashboard", "/dashboard/dashboard.js", "/api/queue/dashboard"):
+            assert client.get(path).status_code == 200, path
+    assert [client.get("/api/queue/status").status_code for _ in range(3)] == [200, 200, 429]

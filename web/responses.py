@@ -1,0 +1,265 @@
+"""The shapes of the JSON responses, as pydantic models, for the OpenAPI document.
+
+Requests are validated by ``web.models``; responses are built as plain dicts by
+``web.present``, ``web.queue``, ``web.health`` and ``web.dashboard``, and described here.
+The schemathesis test checks every response against these shapes, so a view that
+changes what it answers and not this module fails the suite. Fields that are absent
+rather than ``null`` (``details``) are optional.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Kind = Literal["video", "qa"]
+State = Literal["queued", "processing", "retrying", "completed", "failed", "cancelled"]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorResponse(_Doc):
+    """Every error: ``{success: false, error, details?, data?}``."""
+
+    success: Literal[False]
+    error: str = Field(description="What went wrong, for a person.")
+    details: list[dict[str, Any]] | None = Field(
+        None, description="400: every problem as {field, message}; 500 in development: "
+                          "{type, message}.")
+    data: dict[str, Any] | None = Field(
+        None, description="409 duplicate: {jobId} of the job already queued for this video.")
+
+
+class AcceptedData(_Doc):
+    """Where an accepted job stands."""
+
+    jobId: str
+    type: Kind
+    queuePosition: int = Field(description="1-based among waiting jobs of its kind; 0 when a "
+                                           "worker already has it.")
+    estimatedWaitTime: str = Field(description="A human range, e.g. '10-30 seconds'.")
+    estimatedWaitSeconds: float
+    status: Literal["queued"]
+
+
+class Accepted(_Doc):
+    """202: the job is stored and queued; ``Location`` says where to read it."""
+
+    success: Literal[True]
+    message: str
+    data: AcceptedData
+
+
+class Job(_Doc):
+    """One job (``GET /api/queue/jobs/{kind}/{job_id}``)."""
+
+    id: str
+    type: Kind
+    status: State
+    priority: int = Field(description="1 high .. 3 low.")
+    createdAt: str | None
+    startedAt: str | None
+    completedAt: str | None
+    failedAt: str | None
+    cancelledAt: str | None
+    nextAttemptAt: str | None
+    attempts: int
+    maxAttempts: int
+    queuePosition: int | None
+    lastError: str | None
+    result: Any = Field(description="The Python API's answer once completed.")
+    data: dict[str, Any] = Field(description="What the job was submitted with.")
+
+
+class JobReply(_Doc):
+    """One job."""
+
+    success: Literal[True]
+    data: Job
+
+
+class JobCancelled(_Doc):
+    """The cancelled job."""
+
+    success: Literal[True]
+    message: str
+    data: Job
+
+
+class JobList(_Doc):
+    """Jobs, newest first."""
+
+    success: Literal[True]
+    data: list[Job]
+
+
+class QueueCounts(_Doc):
+    """One kind's queue."""
+
+    waiting: int
+    activeJobs: int
+    retrying: int
+    completed: int
+    failed: int
+    cancelled: int
+    maxConcurrent: int | None
+    maxWaiting: int | None
+    paused: bool
+    pauseReasons: list[str] = Field(description="operator, memory.")
+    avgDurationSeconds: float | None
+
+
+class PythonMemory(_Doc):
+    """The Python API's last memory reading."""
+
+    memoryMb: float | None
+    status: str
+    reachable: bool
+
+
+class Memory(_Doc):
+    """Memory readings and thresholds."""
+
+    processRssMb: float | None
+    python: PythonMemory
+    thresholdMb: float | None
+    maxMemoryMb: float | None
+    pressure: bool
+    admissionRefused: bool
+    checkedAt: str | None
+
+
+class PythonInstance(_Doc):
+    """One Python API instance."""
+
+    url: str | None
+    state: str | None
+    inFlight: dict[str, int]
+    limits: dict[str, int]
+    memoryMb: float | None
+    status: str
+    reachable: bool
+
+
+class QueueStatus(_Doc):
+    """Per-kind counts, limits, pause state and memory."""
+
+    timestamp: str | None
+    accepting: bool
+    draining: bool
+    queues: dict[str, QueueCounts]
+    memory: Memory
+    pythonInstances: list[PythonInstance]
+
+
+class QueueStatusReply(_Doc):
+    """``GET /api/queue/status``."""
+
+    success: Literal[True]
+    data: QueueStatus
+
+
+class MonitorStatus(QueueStatus):
+    """The status with a one-line summary."""
+
+    summary: str
+
+
+class MonitorReply(_Doc):
+    """``GET /api/queue/monitor``."""
+
+    success: Literal[True]
+    data: MonitorStatus
+
+
+class KindState(QueueCounts):
+    """One kind's queue after a pause or resume."""
+
+    type: Kind
+
+
+class KindStateReply(_Doc):
+    """The queue after pause or resume."""
+
+    success: Literal[True]
+    message: str
+    data: KindState
+
+
+class Health(_Doc):
+    """``GET /health``: 200 healthy or degraded, 503 unhealthy."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    timestamp: str | None
+    reasons: list[str]
+    health: dict[str, Any] | None = Field(
+        None, description="memory, queues, concurrency, pythonInstances, accepting, "
+                          "draining, supabase (absent when the core did not answer).")
+
+
+class Live(_Doc):
+    """``GET /health/live``."""
+
+    status: Literal["alive"]
+    timestamp: str | None
+
+
+class Ready(_Doc):
+    """``GET /health/ready``."""
+
+    status: Literal["ready", "not ready"]
+    reasons: list[str]
+    timestamp: str | None
+
+
+class RunningJob(_Doc):
+    """An attempt in flight."""
+
+    id: str
+    type: Kind
+    attempt: int
+    ageSeconds: float
+    worker: str | None
+
+
+class FailedJob(_Doc):
+    """A recent failure."""
+
+    id: str
+    type: Kind
+    attempts: int
+    failedAt: str | None
+    lastError: str | None
+
+
+class Dashboard(QueueStatus):
+    """What the dashboard shows."""
+
+    running: list[RunningJob]
+    failures: list[FailedJob]
+    pools: dict[str, dict[str, Any]]
+
+
+class DashboardReply(_Doc):
+    """``GET /api/queue/dashboard``."""
+
+    success: Literal[True]
+    data: Dashboard
+
+
+class OpenApiDocument(_Doc):
+    """This document."""
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    ErrorResponse, Accepted, JobReply, JobCancelled, JobList, QueueStatusReply, MonitorReply,
+    KindStateReply, Health, Live, Ready, DashboardReply, OpenApiDocument,
+)
+"""Every model that appears in the document's ``components.schemas``."""

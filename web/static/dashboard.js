@@ -1,0 +1,248 @@
+// QuDemo jobs dashboard: polls GET /api/queue/dashboard and draws it; pause/resume buttons
+// call POST /api/queue/<kind>/pause|resume. Plain JavaScript, no framework, no build step.
+// Everything from the server is written with textContent, never parsed as HTML.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "qudemo.dashboard.token";
+  const KINDS = ["qa", "video"];
+  const refreshParam = Number(new URLSearchParams(window.location.search).get("refresh"));
+  const POLL_MS = Number.isFinite(refreshParam) && refreshParam >= 0.25 ? refreshParam * 1000 : 2000;
+
+  const $ = (id) => document.getElementById(id);
+  let timer = null;
+  let busy = false;
+  let lastData = null;
+
+  function token() {
+    return window.sessionStorage.getItem(TOKEN_KEY) || "";
+  }
+
+  function headers() {
+    const value = token();
+    return value ? { Authorization: "Bearer " + value } : {};
+  }
+
+  async function call(method, path) {
+    const response = await fetch(path, { method, headers: headers(), cache: "no-store" });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    return { status: response.status, body };
+  }
+
+  function askForToken(message) {
+    $("token-form").hidden = false;
+    $("token-message").textContent = message;
+    $("token-button").hidden = true;
+    $("content").hidden = lastData === null;
+    setState("sign in", "warn");
+  }
+
+  function showError(message) {
+    const box = $("error");
+    box.hidden = !message;
+    box.textContent = message || "";
+  }
+
+  function setState(text, tone) {
+    const badge = $("system-state");
+    badge.textContent = text;
+    badge.className = "badge " + (tone || "");
+  }
+
+  function number(value) {
+    return value === null || value === undefined ? "–" : String(value);
+  }
+
+  function duration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return s + "s";
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + "m " + String(s % 60).padStart(2, "0") + "s";
+    return Math.floor(m / 60) + "h " + String(m % 60).padStart(2, "0") + "m";
+  }
+
+  function megabytes(value) {
+    return value === null || value === undefined ? "unknown" : Math.round(value) + " MB";
+  }
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    row.appendChild(td);
+  }
+
+  function drawKind(kind, queue) {
+    $(kind + "-waiting").textContent = number(queue.waiting);
+    $(kind + "-running").textContent = number(queue.activeJobs);
+    $(kind + "-limit").textContent = queue.maxConcurrent ? " / " + queue.maxConcurrent : "";
+    $(kind + "-retrying").textContent = number(queue.retrying);
+    $(kind + "-completed").textContent = number(queue.completed);
+    $(kind + "-failed").textContent = number(queue.failed);
+    $(kind + "-cancelled").textContent = number(queue.cancelled);
+    const state = $(kind + "-state");
+    state.textContent = queue.paused ? "paused" : "dispatching";
+    state.className = "badge " + (queue.paused ? "warn" : "ok");
+    const reasons = queue.pauseReasons || [];
+    $(kind + "-reasons").textContent = reasons.length
+      ? "paused by: " + reasons.join(", ") + (reasons.includes("memory") ? " (lifts when memory falls)" : "")
+      : "";
+    const toggle = $(kind + "-toggle");
+    const byOperator = reasons.includes("operator");
+    toggle.textContent = byOperator ? "Resume" : "Pause";
+    toggle.dataset.action = byOperator ? "resume" : "pause";
+    toggle.className = "toggle" + (byOperator ? " resume" : "");
+    toggle.disabled = false;
+  }
+
+  function drawGauge(name, valueMb, thresholdMb, maxMb) {
+    const limit = Math.max(maxMb || 0, thresholdMb || 0) * 1.25 || 1;
+    const fill = $(name + "-fill");
+    const share = valueMb === null || valueMb === undefined ? 0 : Math.min(1, valueMb / limit);
+    fill.style.width = (share * 100).toFixed(1) + "%";
+    const tone = valueMb >= (maxMb || Infinity) ? "bad" : valueMb >= (thresholdMb || Infinity) ? "warn" : "";
+    fill.className = "fill " + tone;
+    $(name + "-mark").style.left = ((thresholdMb || 0) / limit * 100).toFixed(1) + "%";
+  }
+
+  function drawMemory(memory) {
+    const threshold = memory.thresholdMb;
+    const max = memory.maxMemoryMb;
+    $("process-memory").textContent = megabytes(memory.processRssMb) + " / " + megabytes(threshold);
+    drawGauge("process", memory.processRssMb, threshold, max);
+    const python = memory.python || {};
+    $("python-memory").textContent = megabytes(python.memoryMb) + " / " + megabytes(threshold);
+    drawGauge("python", python.memoryMb, threshold, max);
+    const status = $("python-status");
+    const reachable = python.reachable;
+    status.textContent = reachable ? python.status : memory.checkedAt ? "unreachable" : "unknown";
+    status.className = "badge " + (!reachable ? "" : python.status === "ok" ? "ok" : python.status === "warning" ? "warn" : "bad");
+    const notes = ["video dispatch pauses above " + megabytes(threshold) + ", new videos are refused above " + megabytes(max)];
+    if (memory.pressure) notes.push("MEMORY PRESSURE: video dispatch paused");
+    if (memory.admissionRefused) notes.push("new video jobs refused");
+    $("memory-note").textContent = notes.join(" · ");
+  }
+
+  function drawRunning(running) {
+    const rows = $("running-rows");
+    rows.replaceChildren();
+    for (const job of running) {
+      const row = document.createElement("tr");
+      row.dataset.jobId = job.id;
+      cell(row, job.id, "id");
+      cell(row, job.type);
+      cell(row, String(job.attempt));
+      cell(row, duration(job.ageSeconds), "age");
+      cell(row, job.worker || "");
+      rows.appendChild(row);
+    }
+    $("running-empty").hidden = running.length > 0;
+    $("running-count").textContent = running.length ? "(" + running.length + ")" : "";
+  }
+
+  function drawFailures(failures) {
+    const rows = $("failure-rows");
+    rows.replaceChildren();
+    for (const job of failures) {
+      const row = document.createElement("tr");
+      row.dataset.jobId = job.id;
+      cell(row, job.id, "id");
+      cell(row, job.type);
+      cell(row, String(job.attempts));
+      cell(row, job.failedAt ? new Date(job.failedAt).toLocaleString() : "");
+      cell(row, job.lastError || "", "error-text");
+      rows.appendChild(row);
+    }
+    $("failures-empty").hidden = failures.length > 0;
+  }
+
+  function draw(data) {
+    lastData = data;
+    $("content").hidden = false;
+    $("token-form").hidden = true;
+    $("token-button").hidden = !token();
+    for (const kind of KINDS) {
+      if (data.queues[kind]) drawKind(kind, data.queues[kind]);
+    }
+    drawMemory(data.memory);
+    drawRunning(data.running);
+    drawFailures(data.failures);
+    if (data.draining) setState("draining", "warn");
+    else if (data.accepting) setState("accepting jobs", "ok");
+    else setState("not accepting", "bad");
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  }
+
+  async function refresh() {
+    if (busy) return;
+    busy = true;
+    try {
+      const { status, body } = await call("GET", "/api/queue/dashboard");
+      if (status === 200 && body && body.success) {
+        showError("");
+        draw(body.data);
+      } else if (status === 401) {
+        askForToken(token() ? "The token was refused (" + ((body && body.error) || "401") + "). Enter an admin token." : "This server requires an admin bearer token. It is kept in this tab only (sessionStorage).");
+      } else if (status === 403) {
+        askForToken("This token is not an admin's. Enter an admin token.");
+      } else {
+        showError("The server answered " + status + ": " + ((body && body.error) || "no details"));
+        setState("error", "bad");
+      }
+    } catch (err) {
+      showError("Cannot reach the server: " + err.message);
+      setState("offline", "bad");
+    } finally {
+      busy = false;
+    }
+  }
+
+  function schedule() {
+    window.clearTimeout(timer);
+    if (document.hidden) return;
+    timer = window.setTimeout(async function tick() {
+      await refresh();
+      schedule();
+    }, POLL_MS);
+  }
+
+  async function toggle(kind) {
+    const button = $(kind + "-toggle");
+    const action = button.dataset.action || "pause";
+    button.disabled = true;
+    const { status, body } = await call("POST", "/api/queue/" + kind + "/" + action);
+    if (status !== 200) {
+      showError(action + " " + kind + " failed (" + status + "): " + ((body && body.error) || "no details"));
+    }
+    await refresh();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    $("token-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      const value = $("token-input").value.trim();
+      if (value) window.sessionStorage.setItem(TOKEN_KEY, value);
+      else window.sessionStorage.removeItem(TOKEN_KEY);
+      $("token-input").value = "";
+      refresh().then(schedule);
+    });
+    $("token-button").addEventListener("click", function () {
+      askForToken("Enter another admin token.");
+    });
+    for (const kind of KINDS) {
+      $(kind + "-toggle").addEventListener("click", function () {
+        toggle(kind);
+      });
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden) refresh().then(schedule);
+      else window.clearTimeout(timer);
+    });
+    refresh().then(schedule);
+  });
+})();
