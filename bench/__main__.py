@@ -4,7 +4,7 @@
 
 Each benchmark is bounded in time (the whole run takes about four minutes on 2 CPUs),
 starts what it measures itself, and talks to 127.0.0.1 only. ``--quick`` shortens every
-benchmark for a smoke run (its figures are not the ones to publish).
+benchmark for a smoke run, written to a temporary directory (never over the published ones).
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench import chart, core_throughput, http_enqueue, isolation, memory, report
+from bench.common import results_dir, use_results_dir
 
 FULL: dict[str, Callable[[], Any]] = {
     "http_enqueue": lambda: http_enqueue.run(duration_s=10.0, repeat=2),
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the job systems' own logs are not the point
     plan = QUICK if args.quick else FULL
+    if args.quick:  # a smoke run never overwrites the published results
+        use_results_dir(Path(tempfile.mkdtemp(prefix="bench-quick-")))
+        print(f"--quick: results in {results_dir()}", flush=True)
     failed = []
     for name in args.only or list(plan):
         started = time.monotonic()

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.common import RESULTS, read_result
+from bench.common import read_result, results_dir
 
 OURS, LIMIT, PEER = "#2a6fb0", "#999999", "#d08c2c"
 
@@ -91,8 +91,9 @@ def memory_panel(ax: Any, r: dict[str, Any]) -> None:
                  fontsize=10)
 
 
-def render(path: Path = RESULTS / "summary.png") -> Path | None:
+def render(path: Path | None = None) -> Path | None:
     """Draw every panel whose results exist; return the PNG's path (``None`` if none)."""
+    path = path or results_dir() / "summary.png"
     panels = [(name, draw, read_result(name)) for name, draw in (
         ("http_enqueue", http_panel), ("core_throughput", core_panel),
         ("isolation", isolation_panel), ("memory", memory_panel))]

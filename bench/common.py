@@ -30,6 +30,18 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+_results_dir = RESULTS
+
+
+def results_dir() -> Path:
+    """Return where results are written and read (``bench/results`` unless redirected)."""
+    return _results_dir
+
+
+def use_results_dir(path: Path) -> None:
+    """Write and read results in ``path`` from now on (smoke runs keep the published ones)."""
+    global _results_dir
+    _results_dir = path
 
 _STANDIN_CODE = """
 import logging, sys
@@ -59,8 +71,8 @@ def machine() -> dict[str, Any]:
 
 def write_result(name: str, result: Mapping[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` with the machine record; return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results_dir().mkdir(parents=True, exist_ok=True)
+    path = results_dir() / f"{name}.json"
     document = {"benchmark": name, "machine": machine(), **result}
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
@@ -68,7 +80,7 @@ def write_result(name: str, result: Mapping[str, Any]) -> Path:
 
 def read_result(name: str) -> dict[str, Any] | None:
     """Return ``bench/results/<name>.json``, or ``None`` when it was never written."""
-    path = RESULTS / f"{name}.json"
+    path = results_dir() / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
