@@ -44,14 +44,17 @@ class _Entry:
 class TimerHandle:
     """A scheduled callback that can be cancelled."""
 
-    __slots__ = ("_entry",)
+    __slots__ = ("_entry", "_service")
 
-    def __init__(self, entry: _Entry) -> None:
+    def __init__(self, entry: _Entry, service: TimerService) -> None:
         self._entry = entry
+        self._service = service
 
     def cancel(self) -> None:
         """Make sure the callback does not run (if it has not yet)."""
-        self._entry.cancelled = True
+        if not self._entry.cancelled:
+            self._entry.cancelled = True
+            self._service._forget_cancelled()
 
     @property
     def due(self) -> float:
@@ -68,6 +71,7 @@ class TimerService:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
+        self._cancelled = 0  # cancelled entries still in the heap
         self._thread: threading.Thread | None = None
 
     def start(self) -> TimerService:
@@ -92,7 +96,17 @@ class TimerService:
             if not self._stopped:
                 heapq.heappush(self._heap, entry)
                 self._cond.notify_all()
-        return TimerHandle(entry)
+        return TimerHandle(entry, self)
+
+    def _forget_cancelled(self) -> None:
+        # Every attempt cancels its deadline and overdue timers (due minutes later): drop
+        # them once they are most of the heap, so memory does not grow with throughput.
+        with self._cond:
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if not e.cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
 
     def tell_later(
         self, delay_s: float, ref: pykka.ActorRef[Any], message: object
@@ -119,6 +133,7 @@ class TimerService:
                 while not self._stopped:
                     while self._heap and self._heap[0].cancelled:
                         heapq.heappop(self._heap)
+                        self._cancelled = max(0, self._cancelled - 1)
                     if not self._heap:
                         self._cond.wait()
                         continue

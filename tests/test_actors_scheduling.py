@@ -183,3 +183,17 @@ def test_duration_estimate_uses_the_default_until_observed_then_averages() -> No
     estimate.observe(20.0)
     assert estimate.seconds == 15.0
     assert estimate.samples == 2
+
+
+def test_cancelled_timers_do_not_pile_up() -> None:
+    from actors.timers import TimerService
+
+    timers = TimerService().start()
+    try:
+        handles = [timers.call_later(300.0, lambda: None) for _ in range(1000)]
+        for handle in handles:
+            handle.cancel()
+        assert timers.pending == 0
+        assert len(timers._heap) < 100  # compacted, not kept until their due time
+    finally:
+        timers.stop()
