@@ -1,14 +1,18 @@
 """gunicorn configuration: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-One worker process with threads: job state and the actors live in that
-process, so a second worker would mean a second queue with its own limits.
+One worker process with threads by default: with the SQLite or memory store
+job state and the actors live in that process, so a second worker would mean a
+second queue with its own limits. With ``QUEUE_STORE=postgres`` the queue is
+in the database and shared, so ``WEB_CONCURRENCY`` workers (2 by default) each
+run an instance of the job system against it, within the same global limits.
 The app (and its actors) is created after the fork (``preload_app`` off) and
 stopped in ``worker_exit``. SIGTERM drains: the job system refuses new jobs at
 once (503 with Retry-After), running jobs get the graceful timeout to finish.
 
 Environment: ``PORT`` (5000), ``HOST`` (0.0.0.0), ``GUNICORN_THREADS`` (8),
-``GUNICORN_TIMEOUT`` (30 s), ``QUEUE_DRAIN_TIMEOUT_MS`` (30000; the graceful
-timeout is this plus 5 s), ``GUNICORN_ACCESS_LOG`` ("-" for stdout, empty for none),
+``GUNICORN_TIMEOUT`` (30 s), ``WEB_CONCURRENCY`` (postgres store only, 2),
+``QUEUE_DRAIN_TIMEOUT_MS`` (30000; the graceful timeout is this plus 5 s),
+``GUNICORN_ACCESS_LOG`` ("-" for stdout, empty for none),
 ``LOG_LEVEL`` (info), ``LOG_FORMAT`` (``text``, or ``json``: one JSON object per line, job
 lifecycle lines with job_id, kind, attempt and event). With ``METRICS_PORT`` set, the
 worker also serves ``/metrics`` on that port (``web.metrics.serve_separately``).
@@ -46,7 +50,9 @@ def _int(name: str, default: int) -> int:
 
 
 bind = f"{_get('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
-workers = 1  # job state lives in the process; see the module docstring
+_shared_store = _get("QUEUE_STORE", "sqlite").strip().lower() == "postgres"
+# Several workers only when they share the queue; see the module docstring.
+workers = max(1, _int("WEB_CONCURRENCY", 2)) if _shared_store else 1
 worker_class = "gthread"
 threads = _int("GUNICORN_THREADS", 8)
 timeout = _int("GUNICORN_TIMEOUT", 30)
@@ -88,10 +94,11 @@ logconfig_dict = {
     },
 }
 
-if _int("WEB_CONCURRENCY", 1) > 1:
+if not _shared_store and _int("WEB_CONCURRENCY", 1) > 1:
     logging.getLogger("gunicorn.error").warning(
-        "WEB_CONCURRENCY > 1 ignored: the job queue lives in one process; use threads instead"
-    )
+        "WEB_CONCURRENCY > 1 ignored: with the %s store the job queue lives in one process;"
+        " use threads, or QUEUE_STORE=postgres to share the queue between workers",
+        _get("QUEUE_STORE", "sqlite"))
 
 
 def _extension(worker: Any) -> Any:

@@ -225,13 +225,20 @@ class Dispatcher(TrackedActor):
             self._start(job)
 
     def _start(self, job: Job) -> None:
-        attempt = job.attempts + 1
+        """Count the attempt on a job taken from the local queue, then launch it."""
         now = self.clock.time()
         self.metrics.attempt_started(job.kind, now - self.queued_since.pop(job.id, now))
-        job = job.replace(state=JobState.PROCESSING, attempts=attempt, started_at=now)
+        job = job.replace(state=JobState.PROCESSING, attempts=job.attempts + 1, started_at=now)
+        self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
+                                      attempts=job.attempts))
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        """Hand a job already marked processing (its attempt counted) to a free worker."""
+        attempt = job.attempts
         instance = self.instances.choose(job.kind, self.clock.monotonic(),
                                          avoid=self.avoid.pop(job.id, None))
-        assert instance is not None  # _dispatchable_kinds checked has_room
+        assert instance is not None  # the caller checked there is room
         self.instances.started(instance, job.kind)
         worker_id, worker = self.pools[job.kind].acquire(job.id)
         # A safety net, not the deadline: the worker cuts its own call at job_timeout_s. A
@@ -242,8 +249,6 @@ class Dispatcher(TrackedActor):
             self.actor_ref, AttemptOverdue(job_id=job.id, attempt=attempt))
         self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), overdue,
                                         instance.url)
-        self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
-                                      attempts=attempt))
         logger.info("job %s (%s) attempt %d/%d started on %s at %s", job.id, job.kind.value,
                     attempt, job.max_attempts, worker_id, instance.url,
                     extra=job_fields(job.id, job.kind, "started", attempt))
@@ -257,6 +262,9 @@ class Dispatcher(TrackedActor):
         if entry is None or entry.worker_id != worker_id:
             logger.warning("outcome for job %s from %s ignored: not running there", job_id,
                            worker_id)
+            for pool in self.pools.values():  # a superseded attempt: its worker is free now
+                if pool.job_of(worker_id) == job_id:
+                    pool.release(worker_id)
             return None
         del self.running[job_id]
         entry.overdue.cancel()

@@ -51,6 +51,10 @@ class SettingsError(QueueError):
         super().__init__("invalid configuration: " + "; ".join(self.problems))
 
 
+class StoreUnavailable(QueueError):
+    """The job store cannot be reached (opened, or answering) right now; try again later."""
+
+
 class SubmissionRefused(QueueError):
     """The job was not accepted."""
 

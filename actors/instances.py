@@ -112,6 +112,10 @@ class InstanceSet:
         """Whether some instance could take a job of ``kind`` now."""
         return any(self._available(i, kind, now) for i in self.instances)
 
+    def room(self, kind: JobKind, now: float) -> int:
+        """How many more jobs of ``kind`` the available instances could take now."""
+        return sum(i.room(kind) for i in self.instances if self._available(i, kind, now))
+
     def started(self, instance: ApiInstance, kind: JobKind) -> None:
         """Count an attempt sent to ``instance``."""
         instance.in_flight[kind] += 1

@@ -161,6 +161,16 @@ class RetryDue:
     job_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """The shared queue may have claimable work: another instance added or freed some (tell)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedTick:
+    """Renew leases, take back expired ones, look for work: the shared queue's beat (tell)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptOverdue:
     """An attempt's worker has not reported long after the hard deadline (tell, from a timer)."""

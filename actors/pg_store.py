@@ -101,6 +101,8 @@ class PostgresJobStore(SharedQueue):
         StoreUnavailable: unreachable, or a schema newer than this program knows.
     """
 
+    shared = True
+
     def __init__(self, conninfo: str, *, instance_id: str | None = None, pool_size: int = 4,
                  connect_timeout_s: float = 10.0, idle_check_s: float = 5.0,
                  clock: Callable[[], float] = time.time) -> None:

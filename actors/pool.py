@@ -83,6 +83,11 @@ class WorkerPool:
         return bool(self._idle)
 
     @property
+    def idle(self) -> int:
+        """How many workers (slots) are free."""
+        return len(self._idle)
+
+    @property
     def busy(self) -> int:
         """How many workers are running an attempt."""
         return len(self._busy)
@@ -96,6 +101,10 @@ class WorkerPool:
     def owns(self, worker_id: str) -> bool:
         """Whether ``worker_id`` is one of this pool's live workers."""
         return worker_id in self._workers
+
+    def job_of(self, worker_id: str) -> str | None:
+        """Return the job a worker is busy with, or ``None`` when it is idle or not ours."""
+        return self._busy.get(worker_id)
 
     def release(self, worker_id: str) -> None:
         """Mark a worker idle again after it reported its outcome."""

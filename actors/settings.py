@@ -216,6 +216,8 @@ class Settings:
     """PostgreSQL connection string for ``store="postgres"`` (holds a password: never shown)."""
     lease_ttl_s: float = 30.0
     """How long a claimed job's lease lives without renewal (``store="postgres"``)."""
+    poll_interval_s: float = 5.0
+    """Fallback poll of the shared queue when no wake-up came (``store="postgres"``)."""
     supabase_url: str | None = None
     """Supabase, where results are stored; ``None``: off, results stay in the job store."""
     supabase_service_role_key: str | None = field(default=None, repr=False)
@@ -331,6 +333,7 @@ class Settings:
                                       ("normal", "full")),
             database_url=env.raw("DATABASE_URL"),
             lease_ttl_s=env.ms_as_s("QUEUE_LEASE_TTL_MS", 30000),
+            poll_interval_s=env.ms_as_s("QUEUE_POLL_INTERVAL_MS", 5000),
             supabase_url=env.url("SUPABASE_URL", "") if env.raw("SUPABASE_URL") else None,
             supabase_service_role_key=env.raw("SUPABASE_SERVICE_ROLE_KEY"),
             supabase_table_videos=env.text("SUPABASE_TABLE_VIDEOS", d.supabase_table_videos),

@@ -70,6 +70,7 @@ def assemble_snapshot(
         },
         "instances": _instances(dispatch["instances"], last.get("instances") or ()),
         "all_instances_open": dispatch["all_instances_open"],
+        "shared_queue": dispatch.get("shared"),  # None unless the store is shared (postgres)
         "registry": {k: v for k, v in records.items() if k != "counts"},
         "supabase": supabase,
         "timers_pending": timers_pending,

@@ -31,15 +31,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from actors.errors import QueueError
+from actors.errors import StoreUnavailable
 from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState, dumps
 from actors.store import JobList, StateCounts
 
+__all__ = ["SqliteJobStore", "StoreUnavailable"]
+
 logger = logging.getLogger(__name__)
-
-
-class StoreUnavailable(QueueError):
-    """The job store cannot be opened."""
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -71,6 +69,8 @@ def _marks(values: tuple[str, ...]) -> str:
 
 class SqliteJobStore:
     """Jobs in one SQLite file, written through on every change."""
+
+    shared = False  # one process per file: see README, "Several workers"
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)

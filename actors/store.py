@@ -42,6 +42,9 @@ def open_store(settings: Settings) -> JobStore:
 class JobStore(Protocol):
     """Where job records live."""
 
+    shared: bool
+    """Whether other processes use the same jobs (then it is also a ``SharedQueue``)."""
+
     def add(self, job: Job) -> None:
         """Store a new job; when this returns, the job is as durable as the store is."""
         ...
@@ -105,6 +108,8 @@ class JobStore(Protocol):
 
 class MemoryJobStore:
     """Jobs in a dict: fast, and gone when the process ends (``QUEUE_STORE=memory``)."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}

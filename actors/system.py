@@ -145,7 +145,8 @@ class JobSystem:
             if self.settings.supabase_enabled:  # before any actor: nothing to undo if it fails
                 self.sink = ResultSink(self.settings)
             self.timers.start()
-            self._registry = JobRegistry.start(
+            registry_cls, dispatcher_cls, shared = _actor_classes(self.store)
+            self._registry = registry_cls.start(
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,
                 metrics=self.metrics, threads=self._threads,
             )
@@ -155,10 +156,10 @@ class JobSystem:
                     clock=self.clock, rng=self._rng, stats=self._writer_stats,
                     threads=self._threads,
                 )
-            self._dispatcher = Dispatcher.start(
+            self._dispatcher = dispatcher_cls.start(
                 self.settings, registry=self._registry, clients=self.clients,
                 timers=self.timers, clock=self.clock, rng=self._rng, metrics=self.metrics,
-                threads=self._threads, writer=self._writer, resolver=self.sink,
+                threads=self._threads, writer=self._writer, resolver=self.sink, **shared,
             )
             self._registry.tell(AttachDispatcher(dispatcher=self._dispatcher))
             self._watchdog = MemoryWatchdog.start(
@@ -432,3 +433,16 @@ class JobSystem:
             raise answer
         return answer
 
+
+def _actor_classes(store: JobStore) -> tuple[type[JobRegistry], type[Dispatcher], dict[str, Any]]:
+    """Return the registry and dispatcher for ``store``, and the dispatcher's extra arguments.
+
+    A shared store (PostgreSQL) gets the claiming pair; their modules import psycopg,
+    so they are imported only then.
+    """
+    if not store.shared:
+        return JobRegistry, Dispatcher, {}
+    from actors.shared_dispatcher import SharedDispatcher
+    from actors.shared_registry import SharedJobRegistry
+
+    return SharedJobRegistry, SharedDispatcher, {"store": store}

@@ -31,6 +31,7 @@ from actors.errors import (
     QueueError,
     QueueFull,
     ShuttingDown,
+    StoreUnavailable,
     SubmissionRefused,
 )
 
@@ -54,6 +55,7 @@ ERROR_TABLE: Mapping[type[BaseException], ErrorSpec] = {
     JobNotFound: ErrorSpec(404),
     JobStateConflict: ErrorSpec(409),
     JobSystemUnavailable: ErrorSpec(503, retry_after=True),
+    StoreUnavailable: ErrorSpec(503, retry_after=True),
     QueueError: ErrorSpec(500),
 }
 """Exception class -> answer; looked up along the exception's MRO, most specific first."""

@@ -302,14 +302,21 @@ def metrics() -> Response:
 def serve_separately(app: Flask, host: str) -> WSGIServer | None:
     """Serve ``app``'s metrics on ``METRICS_PORT`` (when set) from a daemon thread.
 
-    Called by gunicorn's ``post_worker_init`` in the one worker process. Returns the
+    Called by gunicorn's ``post_worker_init`` in each worker process. Returns the
     server (``stop_separate_server`` closes it), or ``None`` when no port is set.
     """
     port = extension(app).settings.web.metrics_port
     if port is None:
         return None
     metrics = app_metrics(app)
-    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        # Several gunicorn workers (postgres store): the first one serves the port. The
+        # others' figures stay on /metrics of the main port (each answer is one worker's).
+        logger.warning("metrics port %d not served by this worker (%s); its metrics are on"
+                       " /metrics of the main port", port, exc.strerror or exc)
+        return None
     metrics.server = server
     logger.info("metrics served on %s:%d/metrics (METRICS_PORT)", host, port)
     return server

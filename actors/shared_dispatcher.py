@@ -1,0 +1,276 @@
+"""The Dispatcher of an instance that shares its queue with others (``QUEUE_STORE=postgres``).
+
+The local Dispatcher (dispatcher.py) keeps the waiting order in memory. Here
+the order, the per-kind limits and the pauses live in PostgreSQL, shared by
+every instance (gunicorn workers and machines), and this actor *claims* work
+from there (pg_queue.py): as many jobs per kind as it has idle workers, never
+more than the kind's limit across all instances together. Everything after
+the claim (workers, deadlines, retries with backoff, breakers, results) is the
+local Dispatcher's code, unchanged.
+
+When it claims (each is one round trip):
+
+* on a wake-up: ``NOTIFY`` from any instance (a job added, a slot freed, a
+  job re-queued, a pause lifted), or this instance's own submit;
+* after every outcome here (a slot of its own is free);
+* when one of its retry timers comes due;
+* on its beat (``SharedTick``, every ``min(poll interval, lease TTL / 3)``):
+  leases renewed (its heartbeat), expired leases of dead instances taken
+  back, then a claim: the fallback when a wake-up was missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import psycopg
+import pykka
+
+from actors.dispatcher import Dispatcher
+from actors.errors import StoreUnavailable
+from actors.jobs import Job, JobKind, JobState
+from actors.logs import job_fields
+from actors.messages import JobSucceeded, SharedTick, Wake
+from actors.pg_listen import Listener
+from actors.pg_store import PostgresJobStore
+from actors.settings import Settings
+from actors.watchdog import MEMORY_PAUSE_REASON
+
+logger = logging.getLogger(__name__)
+
+STORE_ERRORS = (StoreUnavailable, psycopg.Error)
+"""What a store call may raise when the database is away; the actor must survive it."""
+
+
+class SharedDispatcher(Dispatcher):
+    """Claims jobs from the shared queue, runs them, and keeps their leases alive."""
+
+    def __init__(self, settings: Settings, *, store: PostgresJobStore, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.store = store
+        self.instance_id = store.instance_id
+        # Across all instances: the Python API behind every instance is the same.
+        self.limits = {kind: settings.limits(kind).max_concurrent * len(self.clients)
+                       for kind in JobKind}
+        self.beat_s = max(0.05, min(settings.poll_interval_s, settings.lease_ttl_s / 3))
+        self.storing: set[str] = set()  # processed here; the result is being stored
+        self.claims = 0
+        self.claimed = 0
+        self.reaped = 0
+        self.store_failures = 0
+        self._listener: Listener | None = None
+        self._wake_told = threading.Event()  # a Wake is in the inbox: do not add another
+
+    def __repr__(self) -> str:
+        return (f"<SharedDispatcher {self.instance_id} running={len(self.running)}"
+                f" storing={len(self.storing)} claimed={self.claimed}>")
+
+    def on_start(self) -> None:
+        """Start the pools, listen for wake-ups, and beat once (which claims)."""
+        super().on_start()
+        try:
+            self._listener = self.store.listen(self._woken)
+        except StoreUnavailable as exc:
+            logger.error("no wake-ups from other instances (%s); polling every %.1fs", exc,
+                         self.beat_s)
+        self._beat()
+
+    def on_stop(self) -> None:
+        """Stop listening, then stop like the local Dispatcher."""
+        if self._listener is not None:
+            self._listener.stop()
+        super().on_stop()
+
+    def on_receive(self, message: Any) -> Any:
+        """Route one message: the shared queue's own, then the local Dispatcher's."""
+        match message:
+            case Wake():
+                self._wake_told.clear()
+                self._dispatch()
+            case SharedTick():
+                self._beat()
+            case _:
+                return super().on_receive(message)
+        return None
+
+    def _woken(self, kind: JobKind | None) -> None:
+        """Called on the listener's thread for every NOTIFY: one Wake in the inbox at most."""
+        if not self._wake_told.is_set():
+            self._wake_told.set()
+            with contextlib.suppress(pykka.ActorDeadError):  # stopping: nobody to wake
+                self.actor_ref.tell(Wake())
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.store_failures += 1
+        logger.error("job store: %s failed (%s); next try in %.1fs", what,
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.beat_s)
+
+    # --- the beat ------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """Renew this instance's leases, take back expired ones, claim; schedule the next."""
+        try:
+            self._renew()
+            self._reap()
+        except STORE_ERRORS as exc:
+            self._failed("lease renewal", exc)
+        self._dispatch()
+        self.timers.tell_later(self.beat_s, self.actor_ref, SharedTick())
+
+    def _renew(self) -> None:
+        held_ids = set(self.running) | self.storing
+        held = self.store.renew_leases(self.instance_id, sorted(held_ids),
+                                       self.settings.lease_ttl_s, now=self.clock.time())
+        for job_id in held_ids - held:
+            if job_id in self.running:
+                # Taken back by another instance after a lapse (a long stall or a
+                # network cut): the outcome will be refused by the lease fence.
+                logger.error("job %s: lease lost while running here; its outcome will be"
+                             " dropped", job_id)
+        self.storing &= held  # a stored result ends the lease: nothing left to renew
+
+    def _reap(self) -> None:
+        for job in self.store.reap_expired(self.clock.time(), instance_id=self.instance_id,
+                                           lease_ttl_s=self.settings.lease_ttl_s):
+            self.reaped += 1
+            if job.state == JobState.PROCESSING and job.result is not None:
+                self.storing.add(job.id)
+                self._restore_processed(job, job.result)
+            elif job.state == JobState.FAILED:
+                self.metrics.job_finished(job.kind, job.state)
+                logger.error("job %s failed: %s", job.id, job.last_error,
+                             extra=job_fields(job.id, job.kind, "failed", job.attempts))
+            else:
+                logger.warning("job %s: %s; queued again", job.id, job.last_error,
+                               extra=job_fields(job.id, job.kind, "interrupted", job.attempts))
+
+    # --- claiming ------------------------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        """A job added here is in the shared queue already; the claim that follows takes it."""
+
+    def _dispatch(self) -> None:
+        """Claim as many jobs per kind as there are idle workers and Python API room."""
+        if self.draining:
+            return
+        now_m = self.clock.monotonic()
+        free: dict[JobKind, int] = {}
+        for kind, pool in self.pools.items():
+            room = min(pool.idle, self.instances.room(kind, now_m))
+            if room > 0 and not self.paused[kind]:
+                free[kind] = room
+        if not free:
+            return
+        now = self.clock.time()
+        try:
+            jobs = self.store.claim(free, self.instance_id, self.limits, now,
+                                    self.settings.aging_s, self.settings.lease_ttl_s)
+        except STORE_ERRORS as exc:
+            self._failed("claim", exc)
+            return
+        self.claims += 1
+        self.claimed += len(jobs)
+        for job in jobs:
+            if job.attempts == 1:  # a retry's due time is gone from the row once claimed
+                self.metrics.attempt_started(job.kind, max(0.0, now - job.created_at))
+            self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        stale = self.running.pop(job.id, None)
+        if stale is not None:
+            # This instance's own lease lapsed (a stall longer than the TTL) and it claimed
+            # the job again: the old attempt is superseded; its outcome will be ignored
+            # and its worker freed when it reports.
+            stale.overdue.cancel()
+            self._instance_ended(stale, broke=False)
+        super()._launch(job)
+
+    def _on_retry_due(self, job_id: str) -> None:
+        # The job waits in the shared queue as retrying; whichever instance is free
+        # first claims it once it is due. Here it is this one's turn to look.
+        self.retrying.pop(job_id, None)
+        self._dispatch()
+
+    def _store_result(self, job: Job, message: JobSucceeded) -> None:
+        self.storing.add(job.id)  # keep the lease while the result is being stored
+        super()._store_result(job, message)
+
+    # --- control -------------------------------------------------------------------
+
+    def _cancel(self, job_id: str) -> bool:
+        pending = self.retrying.pop(job_id, None)
+        if pending is not None:
+            pending[1].cancel()
+        self.avoid.pop(job_id, None)
+        job = self.store.cancel(job_id, self.clock.time())  # StoreUnavailable: the asker's
+        if job is None:
+            return False
+        self.metrics.job_finished(job.kind, JobState.CANCELLED)
+        logger.info("job %s cancelled", job_id,
+                    extra=job_fields(job_id, job.kind, "cancelled", job.attempts))
+        return True
+
+    def _pause(self, kind: JobKind, reason: str) -> None:
+        # Pauses are rows, so every instance stops claiming. The watchdog's pause is
+        # bound to this instance: it lifts itself if this instance dies holding it.
+        bound = self.instance_id if reason == MEMORY_PAUSE_REASON else None
+        try:
+            if self.store.pause(kind, reason, instance_id=bound):
+                logger.warning("%s dispatch paused on every instance (%s)", kind.value, reason)
+        except STORE_ERRORS as exc:
+            self._failed("pause", exc)
+            self.paused[kind].add(reason)  # at least here, until the database is back
+
+    def _resume(self, kind: JobKind, reason: str) -> None:
+        bound = self.instance_id if reason == MEMORY_PAUSE_REASON else None
+        try:
+            if self.store.resume(kind, reason, instance_id=bound):
+                logger.warning("%s dispatch: %s pause lifted on every instance", kind.value,
+                               reason)
+        except STORE_ERRORS as exc:
+            self._failed("resume", exc)
+            return
+        self.paused[kind].discard(reason)
+        self._dispatch()
+
+    # --- questions -----------------------------------------------------------------
+
+    def _position(self, job_id: str) -> tuple[int, float] | None:
+        try:
+            position = self.store.position(job_id, self.clock.time(), self.settings.aging_s)
+            job = self.store.get(job_id) if position is not None else None
+        except STORE_ERRORS as exc:
+            self._failed("queue position", exc)
+            return None
+        if position is None or job is None:
+            return None
+        return position, self._estimate(job.kind, position)
+
+    def _inspect(self) -> dict[str, Any]:
+        answer = super()._inspect()
+        try:
+            counts = self.store.counts()
+            paused = self.store.paused()
+            in_flight = self.store.in_flight(self.clock.time())
+        except STORE_ERRORS as exc:
+            self._failed("inspection", exc)
+            return answer
+        for kind in JobKind:
+            view = answer["kinds"][kind.value]
+            view["waiting"] = counts[kind, JobState.QUEUED]
+            view["retrying"] = counts[kind, JobState.RETRYING]
+            reasons = sorted(paused[kind] | self.paused[kind])
+            view["paused"] = bool(reasons)
+            view["pause_reasons"] = reasons
+            view["running_everywhere"] = in_flight[kind]
+            view["limit_everywhere"] = self.limits[kind]
+        answer["shared"] = {
+            "instance_id": self.instance_id, "claims": self.claims, "claimed": self.claimed,
+            "reaped": self.reaped, "storing": len(self.storing),
+            "store_failures": self.store_failures, "beat_s": self.beat_s,
+            "listening": self._listener is not None and self._listener.alive,
+        }
+        return answer

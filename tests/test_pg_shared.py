@@ -1,0 +1,199 @@
+"""Several job systems on one PostgreSQL queue, in one process: each is an "instance".
+
+Every instance has its own store (connection pool, listener, instance id), its
+own actors and worker pools, against one stand-in of the Python API, which
+counts the calls in flight. The multi-process version, under gunicorn and
+with a SIGKILL, is tests/test_pg_cluster.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from actors import JobKind, JobState, JobSystem, Settings
+from actors.errors import DuplicateJob, JobStateConflict
+from actors.pg_store import PostgresJobStore
+from tests import pg_server
+from tests.standin import PythonApiStandIn
+from tests.test_actors_support import wait_until
+
+pg_base_url = pg_server.pg_base_url
+pg_url = pg_server.pg_url
+pytestmark = pytest.mark.timeout(120)
+
+QA, VIDEO = JobKind.QA, JobKind.VIDEO
+Start = Callable[..., JobSystem]
+
+
+@pytest.fixture
+def start(pg_url: str, fast_settings: Settings) -> Iterator[Start]:
+    """Start instances on the test's schema; all stopped afterwards."""
+    started: list[JobSystem] = []
+
+    def start_instance(**changes: object) -> JobSystem:
+        settings = dataclasses.replace(fast_settings, store="postgres", database_url=pg_url,
+                                       **changes)  # type: ignore[arg-type]
+        system = JobSystem(settings).start()
+        started.append(system)
+        return system
+
+    yield start_instance
+    for system in started:
+        system.stop(drain=False)
+
+
+def question(i: int) -> dict[str, str]:
+    return {"question": f"Question {i}?", "company_name": "acme"}
+
+
+def video(i: int) -> dict[str, str]:
+    return {"video_url": f"https://youtu.be/v{i}", "company_name": "acme", "source": "youtube"}
+
+
+def asked(standin: PythonApiStandIn) -> Counter[str]:
+    """How often the stand-in was asked each question."""
+    return Counter(call.body["question"] for call in standin.calls("ask-question"))
+
+
+def test_instances_share_one_queue_and_its_limits(start: Start,
+                                                  standin: PythonApiStandIn) -> None:
+    standin.set_latency("ask-question", 0.02)
+    standin.set_latency("process-video", 0.05)
+    a = start(max_concurrent_qa=3, max_concurrent_videos=1)
+    b = start(max_concurrent_qa=3, max_concurrent_videos=1)
+    c = start(max_concurrent_qa=3, max_concurrent_videos=1)
+    instances = [a, b, c]
+    ids = [instances[i % 3].submit(QA, question(i)).job.id for i in range(60)]
+    ids += [instances[i % 3].submit(VIDEO, video(i)).job.id for i in range(9)]
+
+    def all_completed() -> bool:
+        return all(a.get(job_id).state == JobState.COMPLETED for job_id in ids)
+
+    assert wait_until(all_completed, timeout=60)
+    # Each instance alone could run 3 questions and 1 video; together they ran no more.
+    assert standin.max_in_flight("ask-question") <= 3
+    assert standin.max_in_flight("process-video") <= 1
+    assert asked(standin) == Counter({f"Question {i}?": 1 for i in range(60)})
+    assert len(standin.calls("process-video")) == 9
+    # Every instance reads the same jobs, and did some of the work.
+    assert {b.get(job_id).state for job_id in ids} == {JobState.COMPLETED}
+    assert all(system.snapshot()["shared_queue"]["claimed"] > 0 for system in instances)
+
+
+def test_a_job_submitted_on_one_instance_starts_on_another_by_wake_up(
+        start: Start, standin: PythonApiStandIn) -> None:
+    # No poll and no lease beat within the test: only a NOTIFY can wake the other instance.
+    slow = {"poll_interval_s": 600.0, "lease_ttl_s": 1800.0}
+    a = start(max_concurrent_qa=1, **slow)
+    b = start(max_concurrent_qa=2, **slow)
+    standin.hold("ask-question")
+    first = a.submit(QA, question(1)).job.id
+    assert standin.wait_in_flight("ask-question", 1)
+    # One question holds a slot: a's own limit (1) is reached, b's (2) is not.
+    second = a.submit(QA, question(2)).job.id
+    assert standin.wait_in_flight("ask-question", 2)
+
+    def running_on(system: JobSystem) -> set[str]:
+        return {r["job_id"] for r in system.snapshot()["running_jobs"]}
+
+    assert second in running_on(b)
+    assert first in running_on(a) | running_on(b)
+    standin.release("ask-question")
+
+
+def test_pause_cancel_and_duplicates_are_global(start: Start,
+                                                standin: PythonApiStandIn) -> None:
+    a = start()
+    b = start()
+    a.pause(QA)  # an operator pause, set on a
+    waiting = b.submit(QA, question(1)).job
+    other = b.submit(QA, question(2)).job
+
+    def paused_everywhere() -> bool:
+        return all(s.snapshot()["kinds"]["qa"]["pause_reasons"] == ["operator"]
+                   for s in (a, b))
+
+    assert paused_everywhere()
+    assert a.get(waiting.id).state == JobState.QUEUED
+    assert b.cancel(waiting.id).state == JobState.CANCELLED  # queued on b, cancelled from a
+    with pytest.raises(JobStateConflict):
+        a.cancel(waiting.id)
+    b.resume(QA)  # lifted on b: a claims again too
+    assert wait_until(lambda: a.get(other.id).state == JobState.COMPLETED)
+    assert asked(standin) == Counter({"Question 2?": 1})
+
+    standin.hold("process-video")
+    a.submit(VIDEO, video(1), dedupe_key="acme:v1")
+    with pytest.raises(DuplicateJob):
+        b.submit(VIDEO, video(1), dedupe_key="acme:v1")
+    standin.release("process-video")
+
+
+def test_a_failed_attempt_is_retried_by_whichever_instance_is_free(
+        start: Start, standin: PythonApiStandIn) -> None:
+    from tests.standin import Reply
+
+    standin.script("ask-question", Reply(status=503), Reply(status=503))
+    a = start(retry_attempts=3)
+    b = start(retry_attempts=3)
+    job = a.submit(QA, question(7)).job
+
+    assert wait_until(lambda: b.get(job.id).state == JobState.COMPLETED)
+    done = b.get(job.id)
+    assert done.attempts == 3
+    assert len(done.retry_delays_s) == 2
+    assert asked(standin) == Counter({"Question 7?": 3})
+    assert wait_until(lambda: a.snapshot()["kinds"]["qa"]["completed"] == 1)
+
+
+def expire_and_reap(pg_url: str, job_id: str) -> None:
+    """As if the job's instance had stalled past its lease: expire it; a third party reaps it."""
+    reaper = PostgresJobStore(pg_url, instance_id="reaper")
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE qudemo_jobs SET lease_expires_at = 0 WHERE id = %s", (job_id,))
+        assert [j.id for j in reaper.reap_expired(time.time())] == [job_id]
+    finally:
+        reaper.close()
+
+
+def test_an_outcome_after_the_lease_moved_on_is_dropped(start: Start, pg_url: str,
+                                                        standin: PythonApiStandIn) -> None:
+    standin.set_latency("ask-question", 2.0)
+    slow = {"poll_interval_s": 600.0, "lease_ttl_s": 1800.0}
+    a = start(max_concurrent_qa=1, **slow)
+    job = a.submit(QA, question(5)).job
+    assert standin.wait_in_flight("ask-question", 1)
+    b = start(max_concurrent_qa=2, **slow)
+    expire_and_reap(pg_url, job.id)
+    # b claims it (a's one worker is still busy with the first attempt): a second call.
+    assert standin.wait_calls("ask-question", 2)
+    assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED, timeout=30)
+    done = a.get(job.id)
+    assert done.attempts == 2
+    assert "lease expired" in (done.last_error or "")
+    assert wait_until(lambda: a.snapshot()["registry"]["lost_outcomes"] == 1)
+    assert b.snapshot()["registry"]["lost_outcomes"] == 0
+    assert asked(standin) == Counter({"Question 5?": 2})
+
+
+def test_an_instance_that_claims_its_own_lapsed_job_again_frees_the_old_worker(
+        start: Start, pg_url: str, standin: PythonApiStandIn) -> None:
+    standin.set_latency("ask-question", 1.0)
+    a = start(max_concurrent_qa=2, poll_interval_s=600.0, lease_ttl_s=1800.0)
+    job = a.submit(QA, question(6)).job
+    assert standin.wait_in_flight("ask-question", 1)
+    expire_and_reap(pg_url, job.id)
+    assert standin.wait_calls("ask-question", 2)  # a claimed it again: a second attempt
+    assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED, timeout=30)
+    assert a.get(job.id).attempts == 2
+    # The superseded attempt's answer was ignored, and its worker is free again.
+    assert wait_until(lambda: standin.in_flight("ask-question") == 0)
+    assert wait_until(lambda: a.snapshot()["pools"]["qa"]["busy"] == 0)
+    assert a.snapshot()["instances"][0]["in_flight"]["qa"] == 0
