@@ -130,6 +130,10 @@ def test_three_servers_share_one_queue_its_limits_and_each_job_runs_once(
         assert calls_per_job(standin) == Counter({work_of(i): 1 for i in range(500)})
         assert standin.max_in_flight("ask-question") <= LIMITS["ask-question"]
         assert standin.max_in_flight("process-video") <= LIMITS["process-video"]
+        status = cluster[1].request("GET", "/api/queue/status").json()["data"]["sharedQueue"]
+        assert status["limitEverywhere"] == {"qa": 4, "video": 2}
+        assert status["listening"] is True
+        assert status["instanceId"].split(":")[1].isdigit()
         # Any server answers for any job.
         for server, location in zip(cluster, locations[::-1], strict=False):
             reply = server.request("GET", location)

@@ -197,3 +197,49 @@ def test_an_instance_that_claims_its_own_lapsed_job_again_frees_the_old_worker(
     assert wait_until(lambda: standin.in_flight("ask-question") == 0)
     assert wait_until(lambda: a.snapshot()["pools"]["qa"]["busy"] == 0)
     assert a.snapshot()["instances"][0]["in_flight"]["qa"] == 0
+
+
+def test_memory_pressure_seen_by_one_instance_pauses_video_on_all_until_it_lifts_or_dies(
+        start: Start, standin: PythonApiStandIn) -> None:
+    quick = {"lease_ttl_s": 1.5, "poll_interval_s": 0.2, "memory_threshold_mb": 1000.0,
+             "max_memory_mb": 1500.0}
+    a = start(**quick)
+    b = start(**quick)
+    a_id = a.snapshot()["shared_queue"]["instance_id"]
+    standin.set_memory(1200.0)  # above the threshold, below the admission limit
+    assert a.check_memory().pressure is True
+
+    def video_pause_reasons(system: JobSystem) -> list[str]:
+        return list(system.snapshot()["kinds"]["video"]["pause_reasons"])
+
+    assert wait_until(lambda: video_pause_reasons(b) == [f"memory@{a_id}"])
+    video_id = b.submit(VIDEO, video(1)).job.id
+    qa_id = b.submit(QA, question(1)).job.id
+    assert wait_until(lambda: b.get(qa_id).state == JobState.COMPLETED)
+    assert b.get(video_id).state == JobState.QUEUED
+    standin.set_memory(500.0)
+    assert a.check_memory().pressure is False
+    assert wait_until(lambda: b.get(video_id).state == JobState.COMPLETED)
+
+    # A pause of an instance that stops heartbeating lifts itself.
+    standin.set_memory(1200.0)
+    assert a.check_memory().pressure is True
+    assert wait_until(lambda: video_pause_reasons(b) == [f"memory@{a_id}"])
+    second = b.submit(VIDEO, video(2)).job.id
+    a.stop(drain=False)
+    assert wait_until(lambda: b.get(second).state == JobState.COMPLETED, timeout=30)
+    assert video_pause_reasons(b) == []
+
+
+def test_an_operator_retry_on_another_instance_runs_a_failed_job_again(
+        start: Start, standin: PythonApiStandIn) -> None:
+    from tests.standin import Reply
+
+    standin.script("ask-question", Reply(status=400))  # permanent: no retry
+    a = start()
+    b = start()
+    job = a.submit(QA, question(8)).job
+    assert wait_until(lambda: a.get(job.id).state == JobState.FAILED)
+    assert b.retry(job.id).job.state == JobState.QUEUED
+    assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED)
+    assert asked(standin) == Counter({"Question 8?": 2})

@@ -63,6 +63,24 @@ def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
             "checkedAt": iso(memory.get("checked_at")),
         },
         "pythonInstances": instances_json(snapshot),
+        "sharedQueue": shared_queue_json(snapshot),
+    }
+
+
+def shared_queue_json(snapshot: dict[str, Any]) -> dict[str, Any] | None:
+    """Return this instance's view of the shared queue, or ``None`` with a local store."""
+    shared = snapshot.get("shared_queue")
+    if not shared:
+        return None
+    kinds = snapshot.get("kinds", {})
+    return {
+        "instanceId": shared["instance_id"],
+        "listening": bool(shared["listening"]),
+        "claimed": shared["claimed"],
+        "reaped": shared["reaped"],
+        "storeFailures": shared["store_failures"],
+        "runningEverywhere": {name: k.get("running_everywhere", 0) for name, k in kinds.items()},
+        "limitEverywhere": {name: k.get("limit_everywhere", 0) for name, k in kinds.items()},
     }
 
 

@@ -108,7 +108,9 @@ class QueueCounts(_Doc):
     maxConcurrent: int | None
     maxWaiting: int | None
     paused: bool
-    pauseReasons: list[str] = Field(description="operator, memory.")
+    pauseReasons: list[str] = Field(description="operator, memory (with the postgres store: "
+                                                "memory@<instance id> of the instance that "
+                                                "paused).")
     avgDurationSeconds: float | None
 
 
@@ -144,6 +146,19 @@ class PythonInstance(_Doc):
     reachable: bool
 
 
+class SharedQueueInfo(_Doc):
+    """This instance's view of the shared queue (``QUEUE_STORE=postgres``)."""
+
+    instanceId: str = Field(description="host:pid:random; names the holder of a lease.")
+    listening: bool = Field(description="Whether NOTIFY wake-ups arrive (else polling only).")
+    claimed: int = Field(description="Jobs this instance claimed since it started.")
+    reaped: int = Field(description="Expired leases this instance took back.")
+    storeFailures: int
+    runningEverywhere: dict[str, int] = Field(description="Jobs holding a slot, per kind, on "
+                                                          "every instance together.")
+    limitEverywhere: dict[str, int] = Field(description="The global per-kind limit.")
+
+
 class QueueStatus(_Doc):
     """Per-kind counts, limits, pause state and memory."""
 
@@ -153,6 +168,9 @@ class QueueStatus(_Doc):
     queues: dict[str, QueueCounts]
     memory: Memory
     pythonInstances: list[PythonInstance]
+    sharedQueue: SharedQueueInfo | None = Field(
+        None, description="Present with the postgres store: counts in queues are then global, "
+                          "activeJobs this instance's.")
 
 
 class QueueStatusReply(_Doc):
