@@ -289,7 +289,8 @@ class Dispatcher(TrackedActor):
                 self._store_result(entry.job, message)
             else:
                 self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
-                                              at=self.clock.time(), result=message.result))
+                                              at=self.clock.time(), result=message.result,
+                                              running=entry.job))
                 logger.info("job %s completed in %.2fs", message.job_id, message.duration_s,
                             extra=job_fields(message.job_id, entry.job.kind, "completed",
                                              entry.job.attempts))
@@ -379,14 +380,14 @@ class Dispatcher(TrackedActor):
             self.metrics.attempt_retried(job.kind)
             self.registry.tell(Transition(job_id=job.id, target=JobState.RETRYING, at=now,
                                           error=error, next_attempt_at=now + delay,
-                                          retry_delay_s=delay))
+                                          retry_delay_s=delay, running=job))
             logger.info("job %s attempt %d failed (%s); retry in %.2fs", job.id, job.attempts,
                         error, delay, extra=job_fields(job.id, job.kind, "retrying", job.attempts))
         else:
             self.avoid.pop(job.id, None)
             why = "permanent failure" if not retryable else "attempts used up"
             self.registry.tell(Transition(job_id=job.id, target=JobState.FAILED, at=now,
-                                          error=error))
+                                          error=error, running=job))
             logger.warning("job %s failed after %d attempt(s), %s: %s", job.id, job.attempts,
                            why, error, extra=job_fields(job.id, job.kind, "failed", job.attempts))
 

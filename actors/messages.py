@@ -38,6 +38,9 @@ class Transition:
     result: Mapping[str, Any] | None = None
     next_attempt_at: float | None = None
     retry_delay_s: float | None = None
+    running: Job | None = None
+    """The job as its attempt started (an attempt's outcome only): a shared registry writes
+    the outcome over it, fenced by the lease, without reading the job back first."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

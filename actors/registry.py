@@ -182,7 +182,7 @@ class JobRegistry(TrackedActor):
                          job.state.value, message.target.value)
             self.illegal_transitions += 1
             return
-        self._apply(job, _changed(job, message))
+        self._apply(job, transitioned(job, message))
 
     def _apply(self, old: Job, new: Job) -> None:
         self.store.update(new)
@@ -291,7 +291,7 @@ class JobRegistry(TrackedActor):
         }
 
 
-def _changed(job: Job, message: Transition) -> Job:
+def transitioned(job: Job, message: Transition) -> Job:
     """Return ``job`` after ``message``'s move, with the fields that move sets."""
     changes: dict[str, Any] = {"state": message.target}
     if message.attempts is not None:

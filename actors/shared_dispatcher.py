@@ -12,7 +12,7 @@ When it claims (each is one round trip):
 
 * on a wake-up: ``NOTIFY`` from any instance (a job added, a slot freed, a
   job re-queued, a pause lifted), or this instance's own submit;
-* after every outcome here (a slot of its own is free);
+* after every outcome (the registry's fenced write of it sends the NOTIFY);
 * when one of its retry timers comes due;
 * on its beat (``SharedTick``, every ``min(poll interval, lease TTL / 3)``):
   leases renewed (its heartbeat), expired leases of dead instances taken
@@ -187,6 +187,11 @@ class SharedDispatcher(Dispatcher):
             stale.overdue.cancel()
             self._instance_ended(stale, broke=False)
         super()._launch(job)
+
+    def _after_outcome(self) -> None:
+        # No claim here: the registry has not written the outcome yet, so the slot still
+        # counts as taken. Its write sends the NOTIFY that wakes every instance, this one too.
+        self._check_idle()
 
     def _on_retry_due(self, job_id: str) -> None:
         # The job waits in the shared queue as retrying; whichever instance is free

@@ -22,11 +22,11 @@ from collections import Counter
 from typing import Any
 
 from actors.errors import DuplicateJob, QueueError, StoreUnavailable
-from actors.jobs import FINISHED_STATES, Job, JobState
+from actors.jobs import FINISHED_STATES, Job, JobState, is_legal
 from actors.logs import job_fields
 from actors.messages import Transition
 from actors.pg_store import PostgresJobStore
-from actors.registry import JobRegistry
+from actors.registry import JobRegistry, transitioned
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +108,17 @@ class SharedJobRegistry(JobRegistry):
     def _transition(self, message: Transition) -> None:
         # Every transition this instance sends ends one of its own attempts. A job no
         # longer processing was taken back when its lease expired (and may have run
-        # elsewhere since): the outcome is stale, not an illegal move.
-        job = self.store.get(message.job_id)
+        # elsewhere since): the outcome is stale, not an illegal move. An outcome carries
+        # the job as its attempt started: nobody else writes a job while we hold its
+        # lease, so no read is needed (and the write is fenced by the lease anyway).
+        job = message.running or self.store.get(message.job_id)
         if job is not None and job.state != JobState.PROCESSING:
             self._lost(job, message.target)
             return
-        super()._transition(message)
+        if job is None or not is_legal(job.state, message.target):
+            super()._transition(message)  # refused and logged there
+            return
+        self._apply(job, transitioned(job, message))
 
     def _lost(self, job: Job, outcome: JobState) -> None:
         self.lost_outcomes += 1
