@@ -143,10 +143,12 @@ class Dispatcher(TrackedActor):
     def on_receive(self, message: Any) -> Any:
         """Route one message."""
         match message:
-            case Enqueue(jobs=jobs):
+            case Enqueue(jobs=jobs, reply=reply):
                 for job in jobs:
                     self._enqueue(job)
                 self._dispatch()
+                if reply is not None:  # a submitter waits: where its job stands now
+                    reply.set((jobs[0], self._position(jobs[0].id)))
             case JobSucceeded():
                 self._on_succeeded(message)
             case JobFailed():

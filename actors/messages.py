@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pykka
+
 from actors.jobs import Job, JobKind, JobState
 
 # --- JobRegistry ---------------------------------------------------------------------
@@ -21,9 +23,15 @@ from actors.jobs import Job, JobKind, JobState
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AddJob:
-    """Admit and store a new job (ask); replies the stored job or a ``SubmissionRefused``."""
+    """Admit and store a new job (ask); replies the stored job or a ``SubmissionRefused``.
+
+    With ``reply`` (a tell) the answer goes there instead, and for an accepted job it
+    comes from the Dispatcher once the job is in the waiting order: ``(job, (position,
+    wait_s) or None)``. One round trip per submission instead of an ask to each actor.
+    """
 
     job: Job
+    reply: pykka.Future[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +125,8 @@ class Enqueue:
     """
 
     jobs: tuple[Job, ...]
+    reply: pykka.Future[Any] | None = None
+    """A submitter waiting for ``(job, (position, wait_s) or None)`` of the one job."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from actors.errors import (
     MemoryPressure,
     QueueError,
     QueueFull,
+    ShuttingDown,
 )
 from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, is_legal
 from actors.logs import job_fields
@@ -96,8 +97,12 @@ class JobRegistry(TrackedActor):
     def on_receive(self, message: Any) -> Any:
         """Route one message."""
         match message:
-            case AddJob(job=job):
-                return self._add(job)
+            case AddJob(job=job, reply=reply):
+                answer = self._add(job, reply)
+                if reply is None:
+                    return answer
+                if isinstance(answer, QueueError):
+                    reply.set(answer)
             case Transition():
                 self._transition(message)
             case GetJob(job_id=job_id):
@@ -136,7 +141,7 @@ class JobRegistry(TrackedActor):
         """Jobs of ``kind`` waiting for a slot (queued, or retrying and coming back)."""
         return self.counts[kind, JobState.QUEUED] + self.counts[kind, JobState.RETRYING]
 
-    def _add(self, job: Job) -> Job | QueueError:
+    def _add(self, job: Job, reply: pykka.Future[Any] | None = None) -> Job | QueueError:
         if job.dedupe_key and job.dedupe_key in self.active_keys:
             return DuplicateJob(self.active_keys[job.dedupe_key])
         refused = self._admission(job.kind)
@@ -148,7 +153,7 @@ class JobRegistry(TrackedActor):
         self.metrics.job_submitted(job.kind)
         if job.dedupe_key:
             self.active_keys[job.dedupe_key] = job.id
-        self._enqueue(job)
+        self._enqueue(job, reply=reply)
         logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority,
                     extra=job_fields(job.id, job.kind, "accepted", 0))
         return job
@@ -162,11 +167,17 @@ class JobRegistry(TrackedActor):
             return QueueFull(f"the {kind.value} queue is full ({limit} waiting); try again later")
         return None
 
-    def _enqueue(self, *jobs: Job) -> None:
+    def _enqueue(self, *jobs: Job, reply: pykka.Future[Any] | None = None) -> None:
         # Told before the submitter gets its reply, so a following position question
         # to the Dispatcher always finds the job there.
         if self.dispatcher is not None and jobs:
-            self.dispatcher.tell(Enqueue(jobs=jobs))
+            try:
+                self.dispatcher.tell(Enqueue(jobs=jobs, reply=reply))
+            except pykka.ActorDeadError:  # stopping: the job is stored, and runs after a restart
+                if reply is not None:
+                    reply.set(ShuttingDown())
+        elif reply is not None:
+            reply.set((jobs[0], None))
 
     # --- transitions ---------------------------------------------------------------
 

@@ -21,10 +21,12 @@ import logging
 from collections import Counter
 from typing import Any
 
+import pykka
+
 from actors.errors import DuplicateJob, QueueError, StoreUnavailable
 from actors.jobs import FINISHED_STATES, Job, JobState, is_legal
 from actors.logs import job_fields
-from actors.messages import Transition
+from actors.messages import PurgeExpired, Transition
 from actors.pg_store import PostgresJobStore
 from actors.registry import JobRegistry, transitioned
 
@@ -66,7 +68,7 @@ class SharedJobRegistry(JobRegistry):
 
     # --- admission -----------------------------------------------------------------
 
-    def _add(self, job: Job) -> Job | QueueError:
+    def _add(self, job: Job, reply: pykka.Future[Any] | None = None) -> Job | QueueError:
         self._refresh_counts()
         refused = self._admission(job.kind)
         if refused is not None:
@@ -78,7 +80,7 @@ class SharedJobRegistry(JobRegistry):
             return exc
         self.counts[job.kind, job.state] += 1
         self.metrics.job_submitted(job.kind)
-        self._enqueue(job)
+        self._enqueue(job, reply=reply)
         logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority,
                     extra=job_fields(job.id, job.kind, "accepted", 0))
         return job
@@ -97,6 +99,12 @@ class SharedJobRegistry(JobRegistry):
     def on_receive(self, message: Any) -> Any:
         """Route one message; a store that is down fails the question, not the actor."""
         try:
+            if isinstance(message, PurgeExpired):
+                # Other instances finish jobs too: the count bound is enforced on every
+                # retention pass, not only after this instance's own finishes.
+                self._refresh_counts(force=True)
+                if self.finished_total() > self.settings.retention_max_jobs:
+                    self._prune(keep=self.settings.retention_max_jobs, reason="retention count")
             return super().on_receive(message)
         except StoreUnavailable as exc:
             # A tell that fails here would stop the actor; outcomes lost this way come

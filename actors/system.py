@@ -304,15 +304,22 @@ class JobSystem:
             max_attempts=self.settings.retry_attempts, created_at=self.clock.time(),
             dedupe_key=dedupe_key,
         )
-        stored = self._ask(self._refs()[1], AddJob(job=job))
-        return self._submission(stored)
+        # One round trip: the registry stores it, the Dispatcher answers where it stands.
+        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        try:
+            self._refs()[1].tell(AddJob(job=job, reply=reply))
+            answer = reply.get(timeout=self.settings.ask_timeout_s)
+        except pykka.ActorDeadError as exc:
+            raise ShuttingDown() from exc
+        except pykka.Timeout as exc:
+            raise JobSystemUnavailable() from exc
+        if isinstance(answer, QueueError):
+            raise answer
+        stored, where = answer
+        return _submission(stored, where)
 
     def _submission(self, job: Job) -> Submission:
-        where = self._ask(self._refs()[0], QueuePosition(job_id=job.id))
-        if where is None:  # already picked up by a free worker
-            return Submission(job, 0, 0.0)
-        position, wait_s = where
-        return Submission(job, position, wait_s)
+        return _submission(job, self._ask(self._refs()[0], QueuePosition(job_id=job.id)))
 
     def get(self, job_id: str) -> Job:
         """Return a job. Raises ``JobNotFound``."""
@@ -432,6 +439,14 @@ class JobSystem:
         if isinstance(answer, QueueError):
             raise answer
         return answer
+
+
+def _submission(job: Job, where: tuple[int, float] | None) -> Submission:
+    """Return the submission of ``job``; no place (``None``) means a worker has it already."""
+    if where is None:
+        return Submission(job, 0, 0.0)
+    position, wait_s = where
+    return Submission(job, position, wait_s)
 
 
 def _actor_classes(store: JobStore) -> tuple[type[JobRegistry], type[Dispatcher], dict[str, Any]]:

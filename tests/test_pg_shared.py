@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import DuplicateJob, JobStateConflict
+from actors.errors import DuplicateJob, JobNotFound, JobStateConflict
 from actors.pg_store import PostgresJobStore
 from tests import pg_server
 from tests.standin import PythonApiStandIn
@@ -243,3 +243,35 @@ def test_an_operator_retry_on_another_instance_runs_a_failed_job_again(
     assert b.retry(job.id).job.state == JobState.QUEUED
     assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED)
     assert asked(standin) == Counter({"Question 8?": 2})
+
+
+def test_retention_holds_for_the_jobs_of_every_instance(start: Start,
+                                                        standin: PythonApiStandIn) -> None:
+    # One question at a time across both: they finish in arrival order. A retention pass
+    # runs every second.
+    a = start(retention_max_jobs=5, retention_s=5.0, max_concurrent_qa=1)
+    b = start(retention_max_jobs=5, retention_s=5.0, max_concurrent_qa=1)
+    ids = [(a, b)[i % 2].submit(QA, question(i)).job.id for i in range(12)]
+    assert wait_until(lambda: len(standin.calls("ask-question")) == 12)
+
+    def finished() -> int:
+        return sum(a.snapshot()["kinds"]["qa"][state]
+                   for state in ("completed", "failed", "cancelled"))
+
+    def all_finished() -> bool:
+        qa = a.snapshot()["kinds"]["qa"]
+        return qa["waiting"] + qa["retrying"] + qa["running_everywhere"] == 0
+
+    assert wait_until(all_finished)
+    assert wait_until(lambda: finished() == 5, timeout=30)
+    kept = [job_id for job_id in ids if _exists(b, job_id)]
+    assert kept == ids[-5:]  # the newest finished are kept
+    assert wait_until(lambda: finished() == 0, timeout=30)  # then all age out
+
+
+def _exists(system: JobSystem, job_id: str) -> bool:
+    try:
+        system.get(job_id)
+    except JobNotFound:
+        return False
+    return True
