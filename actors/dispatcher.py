@@ -477,8 +477,9 @@ class Dispatcher(TrackedActor):
         position = self.waiting.position(job_id, self.clock.time())
         if position is None:
             return None
-        kind = next(j.kind for j in self.waiting.jobs() if j.id == job_id)
-        return position, self._estimate(kind, position)
+        job = self.waiting.get(job_id)
+        assert job is not None  # it has a position
+        return position, self._estimate(job.kind, position)
 
     def _inspect(self) -> dict[str, Any]:
         now = self.clock.monotonic()

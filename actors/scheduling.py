@@ -6,7 +6,7 @@ exercise them directly with explicit times.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import math
 import random
 from collections.abc import Iterable
@@ -32,14 +32,18 @@ def effective_priority(job: Job, now: float, aging_s: float) -> int:
 class WaitingQueue:
     """Waiting jobs in one global order across kinds: (effective priority, arrival seq).
 
-    One heap per (kind, base priority), keyed by arrival sequence; the head of
-    each heap is its oldest job and therefore its best by effective priority
-    too, so choosing the next job compares at most kinds x priorities heads.
+    One list per (kind, base priority), sorted by arrival sequence. Within one
+    list an older job is never worse by effective priority (aging only ever
+    improves it), so the list is in order by (effective priority, seq) too: its
+    first job is its best, choosing the next job compares at most kinds x
+    priorities heads, and a job's place is a binary search per list. New jobs
+    arrive with the highest seq and are appended; a retried job goes back to
+    its place.
     """
 
     def __init__(self, aging_s: float) -> None:
         self.aging_s = aging_s
-        self._heaps: dict[tuple[JobKind, int], list[tuple[int, str]]] = {}
+        self._lists: dict[tuple[JobKind, int], list[tuple[int, str]]] = {}
         self._jobs: dict[str, Job] = {}
         self._counts: dict[JobKind, int] = dict.fromkeys(JobKind, 0)
 
@@ -53,30 +57,26 @@ class WaitingQueue:
         """How many jobs of ``kind`` are waiting."""
         return self._counts[kind]
 
+    def get(self, job_id: str) -> Job | None:
+        """Return a waiting job, or ``None``."""
+        return self._jobs.get(job_id)
+
     def push(self, job: Job) -> None:
         """Add a job; a job already waiting is replaced."""
         if job.id in self._jobs:
             self.remove(job.id)
         self._jobs[job.id] = job
         self._counts[job.kind] += 1
-        heapq.heappush(self._heaps.setdefault((job.kind, job.priority), []), (job.seq, job.id))
+        bisect.insort(self._lists.setdefault((job.kind, job.priority), []), (job.seq, job.id))
 
     def remove(self, job_id: str) -> Job | None:
-        """Withdraw a waiting job (lazily: its heap entry is skipped later)."""
+        """Withdraw a waiting job; return it, or ``None`` if it was not waiting."""
         job = self._jobs.pop(job_id, None)
         if job is not None:
             self._counts[job.kind] -= 1
+            entries = self._lists[job.kind, job.priority]
+            del entries[bisect.bisect_left(entries, (job.seq, job.id))]
         return job
-
-    def _head(self, kind: JobKind, priority: int) -> Job | None:
-        heap = self._heaps.get((kind, priority))
-        while heap:
-            seq, job_id = heap[0]
-            job = self._jobs.get(job_id)
-            if job is not None and job.seq == seq:
-                return job
-            heapq.heappop(heap)  # a withdrawn or re-pushed job's stale entry
-        return None
 
     def pop_next(self, kinds: Iterable[JobKind], now: float) -> Job | None:
         """Remove and return the best waiting job among ``kinds``, or ``None``."""
@@ -84,9 +84,10 @@ class WaitingQueue:
         best_key: tuple[int, int] | None = None
         for kind in kinds:
             for priority in range(MIN_PRIORITY, MAX_PRIORITY + 1):
-                head = self._head(kind, priority)
-                if head is None:
+                entries = self._lists.get((kind, priority))
+                if not entries:
                     continue
+                head = self._jobs[entries[0][1]]
                 key = (effective_priority(head, now, self.aging_s), head.seq)
                 if best_key is None or key < best_key:
                     best, best_key = head, key
@@ -100,12 +101,15 @@ class WaitingQueue:
         if job is None:
             return None
         key = (effective_priority(job, now, self.aging_s), job.seq)
-        ahead = sum(
-            1
-            for other in self._jobs.values()
-            if other.kind == job.kind
-            and (effective_priority(other, now, self.aging_s), other.seq) < key
-        )
+
+        def order(entry: tuple[int, str]) -> tuple[int, int]:
+            return effective_priority(self._jobs[entry[1]], now, self.aging_s), entry[0]
+
+        ahead = 0
+        for priority in range(MIN_PRIORITY, MAX_PRIORITY + 1):
+            entries = self._lists.get((job.kind, priority))
+            if entries:
+                ahead += bisect.bisect_left(entries, key, key=order)
         return ahead + 1
 
     def jobs(self) -> list[Job]:

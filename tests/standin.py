@@ -177,6 +177,8 @@ class PythonApiStandIn(LoopbackServer):
         self._calls: list[Call] = []
         self._in_flight = dict.fromkeys(ENDPOINTS, 0)
         self._max_in_flight = dict.fromkeys(ENDPOINTS, 0)
+        self._unanswered = dict.fromkeys(ENDPOINTS, 0)
+        self._max_unanswered = dict.fromkeys(ENDPOINTS, 0)
 
     # lifecycle
     def _on_stop(self) -> None:
@@ -236,6 +238,7 @@ class PythonApiStandIn(LoopbackServer):
             self._calls = []
             # Requests still running stay in flight; only the high-water mark starts over.
             self._max_in_flight = dict(self._in_flight)
+            self._max_unanswered = dict(self._unanswered)
             self._cond.notify_all()
 
     # observation
@@ -248,6 +251,17 @@ class PythonApiStandIn(LoopbackServer):
         """Highest in_flight(endpoint) seen since start or reset."""
         with self._cond:
             return self._max_in_flight[_checked(endpoint)]
+
+    def max_unanswered(self, endpoint: str) -> int:
+        """Highest number of requests of endpoint received and not yet answered.
+
+        Unlike ``max_in_flight``, a call stops counting when its answer *starts* to be
+        written, before the client can see it: a stand-in thread slow to finish a write
+        (its process busy) cannot make the client's next call overlap the last one.
+        Use it to check a concurrency limit on a loaded machine.
+        """
+        with self._cond:
+            return self._max_unanswered[_checked(endpoint)]
 
     def calls(self, endpoint: str | None = None) -> list[Call]:
         """Requests received, in arrival order; of every endpoint when endpoint is None."""
@@ -276,14 +290,26 @@ class PythonApiStandIn(LoopbackServer):
             self._in_flight[endpoint] += 1
             self._max_in_flight[endpoint] = max(self._max_in_flight[endpoint],
                                                 self._in_flight[endpoint])
+            self._unanswered[endpoint] += 1
+            self._max_unanswered[endpoint] = max(self._max_unanswered[endpoint],
+                                                 self._unanswered[endpoint])
             reply = Reply(delay_s=self._latency_s[endpoint])
             if detail is None and self._scripts[endpoint]:
                 reply = self._scripts[endpoint].popleft()
             gate = self._gates[endpoint]
             held = endpoint in self._held and detail is None
             self._cond.notify_all()
+        answered = False
+
+        def answering() -> None:
+            nonlocal answered
+            with self._cond:
+                answered = True
+                self._unanswered[endpoint] -= 1
+
         try:
             if detail is not None:
+                answering()
                 handler.write(422, json.dumps({"detail": detail}).encode())
                 return
             if held or reply.hang:
@@ -295,11 +321,14 @@ class PythonApiStandIn(LoopbackServer):
             payload = reply.raw_body
             if payload is None:
                 payload = json.dumps(self._body(reply, endpoint, company, body)).encode()
+            answering()
             handler.write(reply.status, payload, reply.headers, reply.trickle_interval_s,
                           self._stop_event)
         except (_Abort, OSError):  # OSError: the client went away mid-response
             handler.close_connection = True
         finally:
+            if not answered:
+                answering()
             with self._cond:
                 self._in_flight[endpoint] -= 1
                 if call.index < len(self._calls) and self._calls[call.index] is call:

@@ -110,6 +110,33 @@ def test_position_counts_the_jobs_ahead_in_the_same_kind() -> None:
     assert queue.position("v2", now=0.0) == 2
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_position_and_order_agree_with_a_full_sort_under_aging(seed: int) -> None:
+    rng = random.Random(seed)
+    queue = WaitingQueue(aging_s=10)
+    jobs = [job(f"j{n}", rng.choice((VIDEO, QA)), rng.randint(1, 3), n, created_at=n * 0.7)
+            for n in range(1, 300)]
+    for item in jobs:
+        queue.push(item)
+    for item in rng.sample(jobs, 40):  # withdrawn (cancelled or started)
+        queue.remove(item.id)
+    retried = rng.sample([j for j in jobs if j.id in queue], 20)
+    for item in retried:  # back at their own place
+        queue.remove(item.id)
+        queue.push(item)
+    now = 300 * 0.7 + 25
+
+    def key(item: Job) -> tuple[int, int]:
+        return effective_priority(item, now, 10), item.seq
+
+    for kind in (VIDEO, QA):
+        expected = sorted((j for j in jobs if j.id in queue and j.kind == kind), key=key)
+        assert [queue.position(j.id, now) for j in expected] == list(
+            range(1, len(expected) + 1))
+        assert drain(queue, (kind,), now) == [j.id for j in expected]
+    assert len(queue) == 0
+
+
 def test_remove_and_push_again_keep_counts_and_order_right() -> None:
     queue = WaitingQueue(aging_s=60)
     queue.push(job("a", QA, 1, 1))

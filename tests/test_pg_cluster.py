@@ -128,8 +128,8 @@ def test_three_servers_share_one_queue_its_limits_and_each_job_runs_once(
         assert cluster[0].wait_until(all_finished, 180, interval_s=0.25)
         assert {j["state"] for j in jobs(pg_url).values()} == {"completed"}
         assert calls_per_job(standin) == Counter({work_of(i): 1 for i in range(500)})
-        assert standin.max_in_flight("ask-question") <= LIMITS["ask-question"]
-        assert standin.max_in_flight("process-video") <= LIMITS["process-video"]
+        assert standin.max_unanswered("ask-question") <= LIMITS["ask-question"]
+        assert standin.max_unanswered("process-video") <= LIMITS["process-video"]
         status = cluster[1].request("GET", "/api/queue/status").json()["data"]["sharedQueue"]
         assert status["limitEverywhere"] == {"qa": 4, "video": 2}
         assert status["listening"] is True
@@ -183,7 +183,7 @@ def test_sigkill_of_one_server_its_jobs_finish_on_the_others_after_the_lease(
         taken_back = [final[jid] for jid in held if final[jid]["attempts"] == 2]
         assert taken_back, [final[jid] for jid in held]
         assert all("lease expired" in (j["last_error"] or "") for j in taken_back)
-        assert standin.max_in_flight("ask-question") <= LIMITS["ask-question"]
+        assert standin.max_unanswered("ask-question") <= LIMITS["ask-question"]
 
 
 def test_sigterm_with_several_workers_drains_every_worker(
