@@ -52,6 +52,7 @@ def _no_actor_left_behind() -> Iterator[None]:
     leftovers = pykka.ActorRegistry.get_all()
     pykka.ActorRegistry.stop_all(block=True, timeout=5)
     assert not leftovers, f"actors left running: {leftovers}"
-    prefixes = ("Dispatcher", "JobRegistry", "MemoryWatchdog", "VideoWorker", "QAWorker", "Timers")
+    prefixes = ("Dispatcher", "JobRegistry", "MemoryWatchdog", "VideoWorker", "QAWorker", "Timers",
+                "SharedDispatcher", "SharedJobRegistry", "PgListener")
     alive = [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
     assert not alive, f"actor threads left running: {alive}"
