@@ -275,3 +275,17 @@ def _exists(system: JobSystem, job_id: str) -> bool:
     except JobNotFound:
         return False
     return True
+
+
+def test_priority_order_holds_across_instances(start: Start, standin: PythonApiStandIn) -> None:
+    a = start(max_concurrent_qa=1)  # one question at a time, in total
+    b = start(max_concurrent_qa=1)
+    a.pause(QA)
+    priorities = [3, 1, 2, 3, 1, 2, 1, 3]
+    for i, priority in enumerate(priorities):
+        (a, b)[i % 2].submit(QA, question(i), priority=priority)
+    b.resume(QA)
+    assert wait_until(lambda: len(standin.calls("ask-question")) == len(priorities))
+    order = [call.body["question"] for call in standin.calls("ask-question")]
+    expected = sorted(range(len(priorities)), key=lambda i: (priorities[i], i))
+    assert order == [f"Question {i}?" for i in expected]
