@@ -134,6 +134,9 @@ def test_three_servers_share_one_queue_its_limits_and_each_job_runs_once(
         assert status["limitEverywhere"] == {"qa": 4, "video": 2}
         assert status["listening"] is True
         assert status["instanceId"].split(":")[1].isdigit()
+        metrics = cluster[2].request("GET", "/metrics").text
+        assert 'qudemo_jobs_running_all_instances{kind="qa"} 0.0' in metrics
+        assert "qudemo_shared_queue_listening 1.0" in metrics
         # Any server answers for any job.
         for server, location in zip(cluster, locations[::-1], strict=False):
             reply = server.request("GET", location)

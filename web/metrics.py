@@ -114,6 +114,7 @@ class SnapshotCollector(Collector):
         yield _gauge("qudemo_accepting", "1 while new jobs are accepted (0 while draining).",
                      snapshot.get("accepting"))
         yield from _queue_gauges(snapshot)
+        yield from _shared_queue_gauges(snapshot)
         yield from _pool_metrics(snapshot)
         yield from _memory_gauges(snapshot)
         yield from _python_api_gauges(snapshot)
@@ -135,6 +136,25 @@ def _gauge(name: str, documentation: str, value: Any) -> GaugeMetricFamily:
     if value is not None:
         gauge.add_metric([], float(value))
     return gauge
+
+
+def _shared_queue_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
+    """With the postgres store: slots held on every instance, and this one's wake-ups."""
+    shared = snapshot.get("shared_queue")
+    if not shared:
+        return
+    running = GaugeMetricFamily("qudemo_jobs_running_all_instances",
+                                "Jobs holding a slot on every instance of the shared queue.",
+                                labels=["kind"])
+    for kind, counts in snapshot.get("kinds", {}).items():
+        if counts.get("running_everywhere") is not None:
+            running.add_metric([kind], float(counts["running_everywhere"]))
+    yield running
+    yield _gauge("qudemo_shared_queue_listening",
+                 "1 while wake-ups (LISTEN/NOTIFY) arrive; 0: polling only.", shared["listening"])
+    yield _gauge("qudemo_shared_queue_store_failures",
+                 "Store calls of this instance that failed (the database away).",
+                 shared["store_failures"])
 
 
 def _queue_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
