@@ -7,7 +7,12 @@ contract, this module is the how.
 
 Claim protocol (``qudemo_claim()`` in pg_schema.py; race-free, and why):
 
-1. Take ``pg_advisory_xact_lock`` for every kind asked for, in a fixed order
+0. Per kind, without a lock: skip the kind when nothing is claimable or
+   every slot is taken (schema version 2). Several instances woken by one
+   ``NOTIFY`` then do not queue behind each other's locks for nothing. A skip
+   never strands a job: whatever makes one claimable after this statement's
+   snapshot (an insert, a finish, a resume) sends its ``NOTIFY`` after it.
+1. Take ``pg_advisory_xact_lock`` for each kind not skipped, in a fixed order
    (by name), so two claimers never deadlock. The lock is per (schema, kind)
    and is held until the claim's transaction commits.
 2. In a *later* statement (the function is VOLATILE: under READ COMMITTED

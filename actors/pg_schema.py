@@ -149,6 +149,78 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $claim$;
     """,
+    # 2: the claim skips a kind with nothing claimable or no free slot before taking its
+    # lock, so instances woken by the same NOTIFY do not queue behind each other for nothing.
+    r"""
+    CREATE OR REPLACE FUNCTION qudemo_claim(p_kinds text[], p_free bigint[], p_limits bigint[],
+                                 p_now double precision, p_aging double precision,
+                                 p_owner text, p_until double precision)
+    RETURNS SETOF qudemo_jobs LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT
+    AS $claim$
+    DECLARE
+        k integer;
+    BEGIN
+        FOR k IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP  -- callers sort the kinds
+            -- Without the lock first: when nothing is claimable or every slot is taken,
+            -- skip the kind instead of queueing behind the other claimers. Whatever
+            -- changes that after this statement's snapshot sends a NOTIFY after it, so a
+            -- skip never strands a job. Locks are still taken in kind order.
+            CONTINUE WHEN NOT EXISTS (
+                SELECT 1 FROM qudemo_jobs h WHERE h.kind = p_kinds[k]
+                  AND h.state IN ('queued', 'retrying')
+                  AND (h.state = 'queued' OR h.next_attempt_at <= p_now))
+              OR (SELECT count(*) FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                    AND s.state = 'processing' AND NOT s.has_result
+                    AND s.lease_expires_at > p_now) >= p_limits[k];
+            PERFORM pg_advisory_xact_lock(
+                hashtextextended(current_schema() || ':qudemo:' || 'claim:' || p_kinds[k], 0));
+            RETURN QUERY
+            WITH heads AS (  -- per base priority, the oldest waiting: also the best by aging
+                (SELECT h.id FROM qudemo_jobs h WHERE h.kind = p_kinds[k] AND h.priority <= 1
+                   AND h.state IN ('queued', 'retrying')
+                   AND (h.state = 'queued' OR h.next_attempt_at <= p_now)
+                 ORDER BY h.priority, h.seq LIMIT p_free[k])
+                UNION ALL
+                (SELECT h.id FROM qudemo_jobs h WHERE h.kind = p_kinds[k] AND h.priority = 2
+                   AND h.state IN ('queued', 'retrying')
+                   AND (h.state = 'queued' OR h.next_attempt_at <= p_now)
+                 ORDER BY h.priority, h.seq LIMIT p_free[k])
+                UNION ALL
+                (SELECT h.id FROM qudemo_jobs h WHERE h.kind = p_kinds[k] AND h.priority >= 3
+                   AND h.state IN ('queued', 'retrying')
+                   AND (h.state = 'queued' OR h.next_attempt_at <= p_now)
+                 ORDER BY h.priority, h.seq LIMIT p_free[k])
+            ), picked AS (
+                SELECT w.id FROM qudemo_jobs w JOIN heads USING (id)
+                WHERE w.state IN ('queued', 'retrying')
+                  AND (w.state = 'queued' OR w.next_attempt_at <= p_now)
+                ORDER BY CASE WHEN p_aging > 0 THEN GREATEST(1, w.priority - floor(
+                             GREATEST(0, p_now - w.created_at) / p_aging)::bigint)
+                         ELSE w.priority END, w.seq
+                LIMIT (SELECT CASE WHEN EXISTS (
+                           SELECT 1 FROM qudemo_pauses p WHERE p.kind = p_kinds[k]
+                             AND (p.instance_id = '' OR EXISTS (
+                                 SELECT 1 FROM qudemo_instances i
+                                 WHERE i.id = p.instance_id AND i.expires_at > p_now)))
+                       THEN 0
+                       ELSE GREATEST(0, LEAST(p_free[k], p_limits[k] - (
+                           SELECT count(*) FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                             AND s.state = 'processing' AND NOT s.has_result
+                             AND s.lease_expires_at > p_now)))
+                       END)
+                FOR UPDATE OF w SKIP LOCKED
+            ), claimed AS (
+                UPDATE qudemo_jobs j SET state = 'processing', attempts = j.attempts + 1,
+                    started_at = p_now, next_attempt_at = NULL, lease_owner = p_owner,
+                    lease_expires_at = p_until
+                FROM picked WHERE j.id = picked.id
+                RETURNING j.*
+            )
+            SELECT * FROM claimed;
+        END LOOP;
+    END
+    $claim$;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -14,7 +14,9 @@ PostgreSQL queue in front of this Python API on this machine.
   calls is in flight at most as the system's global limit allows.
 
 The stand-in answers at once in its own process, so the queue's own cost is
-what is measured. Prints a table and writes bench/results/pg_e2e.json.
+what is measured; the CPU its processes used per job (instances, or bare
+loops; the database's own CPU is not counted) is reported beside. Prints a
+table and writes bench/results/pg_e2e.json.
 
     .venv/bin/python bench/pg_e2e.py [--jobs 1500] [--repeat 3] [--limit 6] [--fast]
 """
@@ -33,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -131,8 +134,18 @@ def _wait_completed(url: str, table: str, jobs: int, timeout_s: float = 600.0) -
         time.sleep(0.01)  # a benchmark's poll, not a test's wait
 
 
-def system_run(url: str, standin: str, jobs: int, instances: int, limit: int) -> float:
-    """Return jobs/s of ``instances`` job systems draining ``jobs`` questions."""
+def _cpu_s(procs: list[subprocess.Popen[str]]) -> float:
+    """CPU seconds used so far by ``procs`` (all their threads)."""
+    total = 0.0
+    for proc in procs:
+        times = psutil.Process(proc.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def system_run(url: str, standin: str, jobs: int, instances: int,
+               limit: int) -> tuple[float, float]:
+    """Return jobs/s and CPU ms per job of ``instances`` job systems draining ``jobs``."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE qudemo_jobs")
     procs = [_spawn(_INSTANCE_CODE, url, standin, str(limit)) for _ in range(instances)]
@@ -143,18 +156,21 @@ def system_run(url: str, standin: str, jobs: int, instances: int, limit: int) ->
             batch = [Job(id=new_job_id(), kind=JobKind.QA, priority=1, created_at=now,
                          data=freeze({"question": f"q{i}?", "company_name": "acme"}))
                      for i in range(jobs)]
+            cpu = _cpu_s(procs)
             began = time.perf_counter()
             store.add_many(batch)
             _wait_completed(url, "qudemo_jobs", jobs)
-            return jobs / (time.perf_counter() - began)
+            elapsed = time.perf_counter() - began
+            return jobs / elapsed, (_cpu_s(procs) - cpu) * 1000 / jobs
         finally:
             store.close()
     finally:
         _finish(procs)
 
 
-def bare_run(url: str, standin: str, jobs: int, instances: int, limit: int) -> float:
-    """Return jobs/s of the bare claim-call-complete loop with the same concurrency."""
+def bare_run(url: str, standin: str, jobs: int, instances: int,
+             limit: int) -> tuple[float, float]:
+    """Return jobs/s and CPU ms per job of the bare loop with the same concurrency."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE bare_jobs")
         with conn.cursor() as cursor:
@@ -165,6 +181,7 @@ def bare_run(url: str, standin: str, jobs: int, instances: int, limit: int) -> f
                for n in range(instances)]
     procs = [_spawn(_BARE_CODE, url, standin, str(t)) for t in threads]
     try:
+        cpu = _cpu_s(procs)
         began = time.perf_counter()
         for proc in procs:
             assert proc.stdin is not None
@@ -174,9 +191,10 @@ def bare_run(url: str, standin: str, jobs: int, instances: int, limit: int) -> f
             assert proc.stdout is not None
             proc.stdout.readline()  # "done"
         elapsed = time.perf_counter() - began
+        used = _cpu_s(procs) - cpu
         if _count(url, "bare_jobs") != jobs:
             raise RuntimeError("the bare loop lost jobs")
-        return jobs / elapsed
+        return jobs / elapsed, used * 1000 / jobs
     finally:
         _finish(procs)
 
@@ -202,14 +220,18 @@ def main() -> None:
             for instances in (1, 2, 3):
                 cell: dict[str, Any] = {"instances": instances}
                 for mode, run in (("system", system_run), ("bare", bare_run)):
-                    runs = [round(run(url, standin.url, args.jobs, instances, args.limit), 1)
+                    runs = [run(url, standin.url, args.jobs, instances, args.limit)
                             for _ in range(args.repeat)]
-                    cell[mode] = statistics.median(runs)
-                    cell[f"{mode}_runs"] = runs
+                    cell[mode] = statistics.median(round(r[0], 1) for r in runs)
+                    cell[f"{mode}_runs"] = [round(r[0], 1) for r in runs]
+                    cell[f"{mode}_cpu_ms_per_job"] = round(statistics.median(r[1] for r in runs),
+                                                           2)
                 cell["ratio"] = round(cell["system"] / cell["bare"], 3)
                 rows.append(cell)
-                print(f"instances={instances}  system {cell['system']:>7} jobs/s  bare"
-                      f" {cell['bare']:>7} jobs/s  ratio {cell['ratio']:.2f}", flush=True)
+                print(f"instances={instances}  system {cell['system']:>7} jobs/s"
+                      f" ({cell['system_cpu_ms_per_job']} ms CPU/job)  bare {cell['bare']:>7}"
+                      f" jobs/s ({cell['bare_cpu_ms_per_job']} ms CPU/job)"
+                      f"  ratio {cell['ratio']:.2f}", flush=True)
         finally:
             with psycopg.connect(base, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
