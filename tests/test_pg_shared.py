@@ -289,3 +289,17 @@ def test_priority_order_holds_across_instances(start: Start, standin: PythonApiS
     order = [call.body["question"] for call in standin.calls("ask-question")]
     expected = sorted(range(len(priorities)), key=lambda i: (priorities[i], i))
     assert order == [f"Question {i}?" for i in expected]
+
+
+def test_a_job_running_longer_than_its_lease_is_never_taken_from_a_live_instance(
+        start: Start, standin: PythonApiStandIn) -> None:
+    short = {"lease_ttl_s": 2.0, "poll_interval_s": 0.1}  # renewed every 0.1 s
+    standin.set_latency("ask-question", 5.0)  # two and a half leases long
+    a = start(**short)
+    job = a.submit(QA, question(9)).job
+    assert standin.wait_in_flight("ask-question", 1)
+    b = start(**short)  # reaps every 0.1 s: it would take the job if the lease lapsed
+    assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED, timeout=30)
+    assert a.get(job.id).attempts == 1
+    assert asked(standin) == Counter({"Question 9?": 1})
+    assert b.snapshot()["shared_queue"]["reaped"] == 0
