@@ -27,14 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import httpx
-
 from actors.errors import ResultStoreFailed, ResultStoreUnavailable, UnknownCompany
 from actors.jobs import Job
 from actors.result_rows import ResultTables, result_rows
 from actors.settings import Settings
 
 if TYPE_CHECKING:
+    import httpx
     from supabase import Client
 
 logger = logging.getLogger(__name__)
@@ -87,6 +86,7 @@ def classify(exc: Exception, what: str) -> ResultStoreFailed:
     request and schema errors (``PGRST1xx``..``PGRST3xx``), other 4xx, and Postgres
     errors of the classes in ``PERMANENT_SQLSTATE_CLASSES`` will repeat.
     """
+    import httpx
     from postgrest import APIError
 
     if isinstance(exc, httpx.TimeoutException):
@@ -126,6 +126,10 @@ class ResultSink:
                                    questions=settings.supabase_table_questions)
         self.companies_table = settings.supabase_table_companies
         self.timeout_s = settings.supabase_timeout_s
+        # Imported here, like supabase-py below: httpx costs 4 MB of RSS that a job
+        # system without Supabase never uses.
+        import httpx
+
         self._http = httpx.Client(timeout=httpx.Timeout(settings.supabase_timeout_s),
                                   limits=httpx.Limits(max_connections=32,
                                                       max_keepalive_connections=8))
@@ -218,6 +222,8 @@ class ResultSink:
             return self._health
 
     def _probe(self) -> SinkHealth:
+        import httpx
+
         try:
             response = self._http.head(
                 f"{self.url}/rest/v1/{self.companies_table}",

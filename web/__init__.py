@@ -20,6 +20,7 @@ from flask import Flask
 
 from actors.errors import SettingsError
 from web import dashboard, health, jobs, metrics, openapi, queue, submit
+from web.auth import load_token_verifier
 from web.context import EXTENSION, QudemoExtension
 from web.errors import register_error_handlers
 from web.limits import init_limits
@@ -56,7 +57,9 @@ def create_app(settings: AppSettings | None = None, *, job_system: JobSystem | N
         if owns_system:
             job_system.stop(drain=False)
         raise
-    if not settings.web.auth_enabled:
+    if settings.web.auth_enabled:
+        load_token_verifier()
+    else:
         logger.warning("JWT_SECRET is not set: authentication is OFF and every request acts "
                        "as the local admin (APP_ENV=%s); never expose this instance",
                        settings.web.environment)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import jwt
 from flask import g, request
 
 from actors.jobs import Job
@@ -89,10 +88,22 @@ def require_admin(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def load_token_verifier() -> None:
+    """Import PyJWT now, so the first authenticated request does not pay for it.
+
+    PyJWT pulls in ``cryptography`` (about 10 MB of RSS) when it is installed, which
+    a server with authentication off never needs; so it is imported only here and in
+    ``_authenticate``.
+    """
+    import jwt  # noqa: F401
+
+
 def _authenticate() -> Principal:
     secret = web_settings().jwt_secret
     if secret is None:
         return LOCAL_ADMIN
+    import jwt  # loaded by load_token_verifier at start when auth is on; a dict lookup here
+
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
