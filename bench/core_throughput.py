@@ -100,12 +100,20 @@ def run(jobs: int = 2000, repeat: int = 3) -> dict[str, Any]:
         runners["threadpool"](200)  # warm the stand-in's threads and connections
         for _ in range(repeat):
             for name, runner in runners.items():
-                runs.setdefault(name, []).append(runner(jobs))
+                cpu_started = time.process_time()
+                result = runner(jobs)
+                # CPU of this whole process (every thread) per job: the runs are CPU-bound,
+                # so this is what separates the runners.
+                result["cpu_ms_per_job"] = round(
+                    (time.process_time() - cpu_started) * 1000 / jobs, 3)
+                runs.setdefault(name, []).append(result)
     median = {name: statistics.median(r["jobs_per_s"] for r in results)
               for name, results in runs.items()}
     limit = median["threadpool"]
     summary = {name: {"jobs_per_s": value, "vs_threadpool": ratio(value, limit),
                       "runs_jobs_per_s": [r["jobs_per_s"] for r in runs[name]],
+                      "cpu_ms_per_job": statistics.median(r["cpu_ms_per_job"]
+                                                          for r in runs[name]),
                       "failed": sum(r["failed"] for r in runs[name])}
                for name, value in median.items()}
     peer_best = max((median[p] for p in ("dramatiq", "huey") if p in median), default=None)

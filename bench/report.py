@@ -46,12 +46,17 @@ def core_rows(r: dict[str, Any]) -> list[str]:
     """Rows of the core throughput benchmark."""
     res, aims = r["results"], list(r["aims"].values())
     limit = res["threadpool"]["jobs_per_s"]
-    peers = ", ".join(f"{p} {res[p]['jobs_per_s']:.0f} ({res[p]['vs_threadpool']:.2f})"
+    def cpu(name: str) -> str:
+        value = res[name].get("cpu_ms_per_job")
+        return f", {value:.2f} ms CPU/job" if value is not None else ""
+
+    peers = "; ".join(f"{p} {res[p]['jobs_per_s']:.0f} ({res[p]['vs_threadpool']:.2f}{cpu(p)})"
                       for p in ("dramatiq", "huey") if p in res)
     peers += "".join(f", {p}: {why}" for p, why in r.get("unavailable", {}).items())
     return [_row(f"core no-op jobs/s, {store} store",
-                 f"{res[f'jobsystem_{store}']['jobs_per_s']:.0f} jobs/s",
-                 f"ThreadPoolExecutor {limit:.0f}; {peers}",
+                 f"{res[f'jobsystem_{store}']['jobs_per_s']:.0f} jobs/s"
+                 f"{cpu(f'jobsystem_{store}')}",
+                 f"ThreadPoolExecutor {limit:.0f}{cpu('threadpool')}; {peers}",
                  f"{res[f'jobsystem_{store}']['vs_threadpool']:.2f}",
                  "≥ 0.5; ahead of both peers", f"{aims[2 * n]}; {aims[2 * n + 1]}")
             for n, store in enumerate(("memory", "sqlite"))]
