@@ -91,7 +91,7 @@ def require_admin(view: F) -> F:
 def load_token_verifier() -> None:
     """Import PyJWT now, so the first authenticated request does not pay for it.
 
-    PyJWT pulls in ``cryptography`` (about 10 MB of RSS) when it is installed, which
+    PyJWT pulls in ``cryptography`` (about 8 MB of RSS) when it is installed, which
     a server with authentication off never needs; so it is imported only here and in
     ``_authenticate``.
     """
