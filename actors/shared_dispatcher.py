@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -137,7 +138,6 @@ class SharedDispatcher(Dispatcher):
                                            lease_ttl_s=self.settings.lease_ttl_s):
             self.reaped += 1
             if job.state == JobState.PROCESSING and job.result is not None:
-                self.storing.add(job.id)
                 self._restore_processed(job, job.result)
             elif job.state == JobState.FAILED:
                 self.metrics.job_finished(job.kind, job.state)
@@ -202,6 +202,11 @@ class SharedDispatcher(Dispatcher):
     def _store_result(self, job: Job, message: JobSucceeded) -> None:
         self.storing.add(job.id)  # keep the lease while the result is being stored
         super()._store_result(job, message)
+
+    def _restore_processed(self, job: Job, result: Mapping[str, Any], *,
+                           retried: bool = False) -> None:
+        self.storing.add(job.id)  # claimed or reaped here: keep the lease while storing
+        super()._restore_processed(job, result, retried=retried)
 
     # --- control -------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ from actors import JobKind, JobState, JobSystem, Settings
 from actors.errors import DuplicateJob, JobNotFound, JobStateConflict
 from actors.pg_store import PostgresJobStore
 from tests import pg_server
+from tests.postgrest_standin import SERVICE_KEY, PostgrestStandIn
 from tests.standin import PythonApiStandIn
+from tests.supabase_support import seeded
 from tests.test_actors_support import wait_until
 
 pg_base_url = pg_server.pg_base_url
@@ -243,6 +245,24 @@ def test_an_operator_retry_on_another_instance_runs_a_failed_job_again(
     assert b.retry(job.id).job.state == JobState.QUEUED
     assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED)
     assert asked(standin) == Counter({"Question 8?": 2})
+
+
+def test_retrying_a_job_whose_result_was_not_stored_only_stores_it(
+        start: Start, standin: PythonApiStandIn) -> None:
+    with PostgrestStandIn() as postgrest:
+        seeded(postgrest).fail("videos", count=None, status=503)
+        sink = {"supabase_url": postgrest.url, "supabase_service_role_key": SERVICE_KEY,
+                "supabase_write_attempts": 2}
+        a = start(**sink)
+        b = start(**sink)
+        job = a.submit(VIDEO, video(5), owner="alice").job
+        assert wait_until(lambda: a.get(job.id).state == JobState.FAILED)
+        assert (a.get(job.id).last_error or "").startswith("result could not be stored")
+        postgrest.recover()
+        b.retry(job.id)
+        assert wait_until(lambda: a.get(job.id).state == JobState.COMPLETED)
+        assert len(standin.calls("process-video")) == 1  # stored, not processed again
+        assert len(postgrest.rows("videos")) == 1
 
 
 def test_retention_holds_for_the_jobs_of_every_instance(start: Start,

@@ -191,6 +191,20 @@ def test_supabase_never_recovering_fails_the_job_and_keeps_its_result(
     assert data["result"]["title"] == "Demo video"
 
 
+def test_retrying_a_job_whose_result_was_not_stored_stores_it_without_processing_again(
+        three_writes: JobSystem, postgrest: PostgrestStandIn, standin: PythonApiStandIn):
+    postgrest.fail("videos", count=None, status=503)
+    job_id = three_writes.submit(JobKind.VIDEO, LOOM_VIDEO, owner="alice").job.id
+    assert wait_state(three_writes, job_id).state == JobState.FAILED
+    postgrest.recover()
+
+    three_writes.retry(job_id)  # what an operator's POST .../retry does
+    job = wait_state(three_writes, job_id)
+    assert job.state == JobState.COMPLETED, job.last_error
+    assert len(standin.calls("process-video")) == 1  # the video is not processed twice
+    assert len(postgrest.rows("videos")) == 1 and len(postgrest.rows("qudemos")) == 1
+
+
 def test_a_write_the_database_will_refuse_again_fails_at_once(
         system: JobSystem, postgrest: PostgrestStandIn):
     postgrest.fail("videos", status=400, code="PGRST204",
