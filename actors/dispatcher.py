@@ -237,11 +237,6 @@ class Dispatcher(TrackedActor):
 
     def _launch(self, job: Job) -> None:
         """Hand a job already marked processing (its attempt counted) to a free worker."""
-        if job.result is not None:
-            # Processed before; only storing its result failed, and an operator retried
-            # it: store the result again, never send the video to the Python API twice.
-            self._restore_processed(job, job.result, retried=True)
-            return
         attempt = job.attempts
         instance = self.instances.choose(job.kind, self.clock.monotonic(),
                                          avoid=self.avoid.pop(job.id, None))
@@ -303,21 +298,20 @@ class Dispatcher(TrackedActor):
                                              entry.job.attempts))
         self._after_outcome()
 
-    def _restore_processed(self, job: Job, result: Mapping[str, Any], *,
-                           retried: bool = False) -> None:
+    def _restore_processed(self, job: Job, result: Mapping[str, Any]) -> None:
         """Finish a job that was processed but whose result is not stored yet.
 
-        Found so after a restart or a lapsed lease (``job.recovered``), or retried by an
-        operator after its writes were used up (``job.processed``, as after a call).
+        Found so after a restart or a lapsed lease, or retried by an operator after its
+        writes were used up (the registry hands it over ``processing`` with its result).
         """
         if self.writer is not None:
             self.writer.tell(StoreResult(job=job, result=result, at=self.clock.time()))
         else:  # Supabase switched off since: the job store is where results live now
             self.registry.tell(Transition(job_id=job.id, target=JobState.COMPLETED,
                                           at=self.clock.time(), result=result))
-        event, how = ("processed", "retried") if retried else ("recovered", "recovered")
-        logger.warning("job %s: %s with its result; storing it, not processing again",
-                       job.id, how, extra=job_fields(job.id, job.kind, event, job.attempts))
+        logger.warning("job %s: processed before, its result not stored; storing it, not"
+                       " processing again", job.id,
+                       extra=job_fields(job.id, job.kind, "recovered", job.attempts))
 
     def _store_result(self, job: Job, message: JobSucceeded) -> None:
         """Hand the result to the ResultWriter; the job stays processing until it is stored.

@@ -220,17 +220,27 @@ class JobRegistry(TrackedActor):
                                     f"{job.state.value}")
         if job.dedupe_key and job.dedupe_key in self.active_keys:
             return DuplicateJob(self.active_keys[job.dedupe_key])
-        refused = self._admission(job.kind)
-        if refused is not None:
-            return refused
-        new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
-                          started_at=None, next_attempt_at=None, retry_delays_s=())
+        if job.result is not None:
+            # Processed, but its result could not be stored: only storing is retried. It
+            # goes to the Dispatcher as a recovered one does (processing, with its result),
+            # taking no place in the queue and no Python API slot: the video is never
+            # processed twice.
+            new = job.replace(state=JobState.PROCESSING, finished_at=None,
+                              next_attempt_at=None)
+            how = "its result goes to storage again"
+        else:
+            refused = self._admission(job.kind)
+            if refused is not None:
+                return refused
+            new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
+                              started_at=None, next_attempt_at=None, retry_delays_s=())
+            how = "queued again"
         self._apply(job, new)
         if new.dedupe_key:
             self.active_keys[new.dedupe_key] = new.id
         self._enqueue(new)
-        logger.info("job %s re-queued by request", job_id,
-                    extra=job_fields(job_id, new.kind, "requeued", 0))
+        logger.info("job %s retried by request: %s", job_id, how,
+                    extra=job_fields(job_id, new.kind, "requeued", new.attempts))
         return new
 
     # --- retention -----------------------------------------------------------------

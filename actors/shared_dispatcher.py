@@ -150,7 +150,16 @@ class SharedDispatcher(Dispatcher):
     # --- claiming ------------------------------------------------------------------
 
     def _enqueue(self, job: Job) -> None:
-        """A job added here is in the shared queue already; the claim that follows takes it."""
+        """A job added here is in the shared queue already; the claim that follows takes it.
+
+        A job retried only to store its result is ``processing`` without a lease: reaping
+        takes it over at once (whichever instance's reap gets there first stores it).
+        """
+        if job.state == JobState.PROCESSING and job.result is not None:
+            try:
+                self._reap()  # counted among the reaped: a take-over like any other
+            except STORE_ERRORS as exc:
+                self._failed("reap", exc)  # the next beat, here or elsewhere, takes it
 
     def _dispatch(self) -> None:
         """Claim as many jobs per kind as there are idle workers and Python API room."""
@@ -203,10 +212,9 @@ class SharedDispatcher(Dispatcher):
         self.storing.add(job.id)  # keep the lease while the result is being stored
         super()._store_result(job, message)
 
-    def _restore_processed(self, job: Job, result: Mapping[str, Any], *,
-                           retried: bool = False) -> None:
-        self.storing.add(job.id)  # claimed or reaped here: keep the lease while storing
-        super()._restore_processed(job, result, retried=retried)
+    def _restore_processed(self, job: Job, result: Mapping[str, Any]) -> None:
+        self.storing.add(job.id)  # reaped here: keep the lease while storing
+        super()._restore_processed(job, result)
 
     # --- control -------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ def create_app(settings: AppSettings | None = None, *, job_system: JobSystem | N
     problems = settings.web.problems()
     if problems:
         raise SettingsError(problems)
+    if settings.web.auth_enabled:
+        load_token_verifier()  # before the actors start: nothing to stop if it fails
     owns_system = job_system is None
     if job_system is None:
         from actors.system import JobSystem  # keeps web importable without the core
@@ -57,9 +59,7 @@ def create_app(settings: AppSettings | None = None, *, job_system: JobSystem | N
         if owns_system:
             job_system.stop(drain=False)
         raise
-    if settings.web.auth_enabled:
-        load_token_verifier()
-    else:
+    if not settings.web.auth_enabled:
         logger.warning("JWT_SECRET is not set: authentication is OFF and every request acts "
                        "as the local admin (APP_ENV=%s); never expose this instance",
                        settings.web.environment)

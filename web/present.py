@@ -91,7 +91,8 @@ def accepted(submission: Submission, message: str) -> Response:
             "queuePosition": submission.queue_position,
             "estimatedWaitTime": wait_range(wait_s),
             "estimatedWaitSeconds": round(wait_s, 1),
-            "status": JobState.QUEUED.value,
+            # queued; processing only for a retry that just stores a kept result again
+            "status": submission.job.state.value,
         },
     })
     response.status_code = 202

@@ -42,7 +42,8 @@ class AcceptedData(_Doc):
                                            "worker already has it.")
     estimatedWaitTime: str = Field(description="A human range, e.g. '10-30 seconds'.")
     estimatedWaitSeconds: float
-    status: Literal["queued"]
+    status: Literal["queued", "processing"] = Field(
+        description="queued; processing when a retry only stores a result kept on the job.")
 
 
 class Accepted(_Doc):
