@@ -16,11 +16,13 @@ from typing import Any
 
 import pykka
 
+from actors.attempts import ANSWERED, BEFORE, CALLING, AttemptCall
 from actors.instances import InstanceSet
 from actors.jobs import Job, JobKind, JobState
 from actors.logs import job_fields
 from actors.messages import (
     AttachWatchdog,
+    AttemptDeadline,
     AttemptOverdue,
     CancelJob,
     CheckInstances,
@@ -60,11 +62,15 @@ DEFAULT_DURATION_S = {JobKind.VIDEO: 180.0, JobKind.QA: 10.0}
 
 @dataclass
 class _Running:
+    """An attempt holding a slot: running, or abandoned at its deadline (call still open)."""
+
     job: Job
     worker_id: str
     started: float
-    overdue: TimerHandle
+    timer: TimerHandle  # the deadline, then (abandoned) the end of the hold
     instance: str
+    call: AttemptCall
+    abandoned: bool = False
 
 
 class Dispatcher(TrackedActor):
@@ -138,7 +144,7 @@ class Dispatcher(TrackedActor):
         for _, handle in self.retrying.values():
             handle.cancel()
         for entry in self.running.values():
-            entry.overdue.cancel()
+            entry.timer.cancel()
 
     def on_receive(self, message: Any) -> Any:
         """Route one message."""
@@ -155,6 +161,8 @@ class Dispatcher(TrackedActor):
                 self._on_failed(message)
             case WorkerCrashed():
                 self._on_crashed(message)
+            case AttemptDeadline(job_id=job_id, attempt=attempt):
+                self._on_deadline(job_id, attempt)
             case AttemptOverdue(job_id=job_id, attempt=attempt):
                 self._on_overdue(job_id, attempt)
             case InstanceMemory():
@@ -243,19 +251,70 @@ class Dispatcher(TrackedActor):
         assert instance is not None  # the caller checked there is room
         self.instances.started(instance, job.kind)
         worker_id, worker = self.pools[job.kind].acquire(job.id)
-        # A safety net, not the deadline: the worker cuts its own call at job_timeout_s. A
-        # worker whose thread died outside an attempt would otherwise hold the slot forever.
         s = self.settings
-        overdue = self.timers.tell_later(
-            s.job_timeout_s + s.python_api_connect_timeout_s + s.overdue_grace_s,
-            self.actor_ref, AttemptOverdue(job_id=job.id, attempt=attempt))
-        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), overdue,
-                                        instance.url)
+        call = AttemptCall(job.id, attempt, timeout_s=s.job_timeout_s, hold_s=s.call_hold_s)
+        deadline = self.timers.tell_later(s.job_timeout_s, self.actor_ref,
+                                          AttemptDeadline(job_id=job.id, attempt=attempt))
+        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), deadline,
+                                        instance.url, call)
         logger.info("job %s (%s) attempt %d/%d started on %s at %s", job.id, job.kind.value,
                     attempt, job.max_attempts, worker_id, instance.url,
                     extra=job_fields(job.id, job.kind, "started", attempt))
-        worker.tell(RunJob(job_id=job.id, data=job.data, attempt=attempt,
-                           timeout_s=self.settings.job_timeout_s, instance=instance.url))
+        worker.tell(RunJob(job_id=job.id, data=job.data, attempt=attempt, call=call,
+                           instance=instance.url))
+
+    def _on_deadline(self, job_id: str, attempt: int) -> None:
+        """End the attempt at its deadline, or hold its slot while the Python API works on it.
+
+        The Python API does not stop when its client leaves: a call it is working on
+        is *abandoned* (shown apart) but keeps its slot and is still read, so its
+        answer, however late, is the attempt's outcome; the client cuts it at the hold.
+        """
+        entry = self.running.get(job_id)
+        if entry is None or entry.job.attempts != attempt:
+            return  # it reported meanwhile
+        grace = self.settings.overdue_grace_s
+        phase = entry.call.expire()  # from now on this attempt never sends a call
+        if phase == BEFORE:
+            # Nothing was sent, and nothing will be: the worker is stuck before its call
+            # (a company lookup that trickles). End the attempt and retire the worker.
+            logger.error("job %s: attempt %d reached its %gs deadline before calling the"
+                         " Python API; ended, worker %s retired", job_id, attempt,
+                         self.settings.job_timeout_s, entry.worker_id,
+                         extra=job_fields(job_id, entry.job.kind, "deadline", attempt))
+            self._retire(entry)
+            self._retry_or_fail(entry.job, "DeadlineExceeded: the deadline passed before the"
+                                " Python API was called", True, None)
+            self._after_outcome()
+            return
+        if phase == CALLING:
+            entry.abandoned = True
+            self.metrics.call_abandoned(entry.job.kind)
+            logger.warning("job %s: attempt %d past its %gs deadline while the Python API"
+                           " works on it; call abandoned, its slot held until it answers or"
+                           " for %.0fs more", job_id, attempt, self.settings.job_timeout_s,
+                           max(0.0, entry.call.hold_left()),
+                           extra=job_fields(job_id, entry.job.kind, "abandoned", attempt))
+            wait_s = max(0.0, entry.call.hold_left()) + grace
+        else:
+            if phase == ANSWERED:  # the Python API is done; only the body still trickles
+                entry.call.cut("deadline")
+            wait_s = grace
+        # A safety net: a worker that does not report by then is presumed dead.
+        entry.timer = self.timers.tell_later(wait_s, self.actor_ref,
+                                             AttemptOverdue(job_id=job_id, attempt=attempt))
+
+    def _retire(self, entry: _Running) -> None:
+        """Free the slot of an attempt whose worker will not report, and replace the worker.
+
+        Only when no call of the attempt is open: it never began (and is sealed), or
+        it was cut at its hold. The worker's thread may still wake; it can no longer
+        send anything, and whatever it reports is ignored.
+        """
+        del self.running[entry.job.id]
+        entry.timer.cancel()
+        self._instance_ended(entry, broke=False)
+        self.pools[entry.job.kind].replace(entry.worker_id, allowed=not self.draining)
 
     # --- outcomes ------------------------------------------------------------------
 
@@ -269,8 +328,14 @@ class Dispatcher(TrackedActor):
                     pool.release(worker_id)
             return None
         del self.running[job_id]
-        entry.overdue.cancel()
+        entry.timer.cancel()
         self.pools[entry.job.kind].release(worker_id)
+        if entry.abandoned:
+            self.metrics.abandoned_call_ended(entry.job.kind)
+            logger.warning("job %s: abandoned call ended %.1fs after it started; slot free",
+                           job_id, self.clock.monotonic() - entry.started,
+                           extra=job_fields(job_id, entry.job.kind, "call ended",
+                                            entry.job.attempts))
         return entry
 
     def _instance_ended(self, entry: _Running, *, broke: bool) -> None:
@@ -339,7 +404,12 @@ class Dispatcher(TrackedActor):
             error = f"{message.error_type}: {message.error}"
             if message.broke:
                 self.avoid[entry.job.id] = entry.instance
-            self._retry_or_fail(entry.job, error, message.retryable, message.retry_after_s)
+            retryable = message.retryable
+            if message.error_type == "DeadlineExceeded" and not self._may_retry_cut(entry):
+                retryable = False
+                error += ("; not retried: the Python API may still be processing it"
+                          " (QUEUE_RETRY_TIMED_OUT_VIDEOS)")
+            self._retry_or_fail(entry.job, error, retryable, message.retry_after_s)
         self._after_outcome()
 
     def _on_crashed(self, message: WorkerCrashed) -> None:
@@ -349,11 +419,22 @@ class Dispatcher(TrackedActor):
         entry = self.running.get(message.job_id) if message.job_id else None
         if entry is not None and entry.worker_id == message.worker_id:
             del self.running[entry.job.id]
-            entry.overdue.cancel()
+            entry.timer.cancel()
             self._instance_ended(entry, broke=False)
             # The crash killed an attempt: it counts, and the job is retried if it may be.
-            self._retry_or_fail(entry.job, f"WorkerCrashed: {message.error}", True, None)
+            self._retry_or_fail(entry.job, f"WorkerCrashed: {message.error}",
+                                self._may_retry_cut(entry), None)
         self._after_outcome()
+
+    def _may_retry_cut(self, entry: _Running) -> bool:
+        """Whether an attempt cut while the Python API was at it may be tried again.
+
+        A video still processing at the end of its hold is most likely too long for
+        the deadline, and most likely still being processed: sending it again would
+        run it twice. Questions are short: they are retried (the hold bounds overlap).
+        """
+        return (not entry.abandoned or entry.job.kind != JobKind.VIDEO
+                or self.settings.retry_timed_out_videos)
 
     def _on_overdue(self, job_id: str, attempt: int) -> None:
         entry = self.running.get(job_id)
@@ -361,6 +442,7 @@ class Dispatcher(TrackedActor):
             return  # it reported meanwhile
         logger.error("job %s: worker %s silent long past the deadline; presumed dead", job_id,
                      entry.worker_id)
+        entry.call.cut("presumed dead")  # and sealed: its thread may wake, never to call
         self._on_crashed(WorkerCrashed(worker_id=entry.worker_id, job_id=job_id,
                                        error="no report long past the attempt deadline"))
 
@@ -492,7 +574,10 @@ class Dispatcher(TrackedActor):
         for kind in JobKind:
             kinds[kind.value] = {
                 "waiting": self.waiting.count(kind),
-                "running": sum(1 for e in self.running.values() if e.job.kind == kind),
+                "running": sum(1 for e in self.running.values()
+                               if e.job.kind == kind and not e.abandoned),
+                "abandoned": sum(1 for e in self.running.values()
+                                 if e.job.kind == kind and e.abandoned),
                 "retrying": sum(1 for j, _ in self.retrying.values() if j.kind == kind),
                 "paused": bool(self.paused[kind]),
                 "pause_reasons": sorted(self.paused[kind]),
@@ -503,7 +588,8 @@ class Dispatcher(TrackedActor):
             "kinds": kinds,
             "running_jobs": [
                 {"job_id": job_id, "kind": e.job.kind.value, "worker": e.worker_id,
-                 "attempt": e.job.attempts, "age_s": round(now - e.started, 3)}
+                 "attempt": e.job.attempts, "age_s": round(now - e.started, 3),
+                 "abandoned": e.abandoned, "call": e.call.phase}
                 for job_id, e in self.running.items()
             ],
             "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},

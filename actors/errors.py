@@ -150,6 +150,12 @@ class RetryableCallFailure(CallFailed):
 class DeadlineExceeded(RetryableCallFailure):
     """The attempt ran past its hard deadline and was cut."""
 
+    def __init__(self, message: str, *, reached_api: bool = True,
+                 abandoned: bool = False) -> None:
+        super().__init__(message)
+        self.reached_api = reached_api  # False: nothing was sent to the Python API
+        self.abandoned = abandoned  # True: the Python API was still at it when we cut
+
     @property
     def breaks_instance(self) -> bool:
         """A slow answer is not a broken instance: a long video just takes long."""

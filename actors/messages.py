@@ -4,7 +4,9 @@ Commands are imperative (``AddJob``, ``RunJob``, ``Pause``); events are past
 tense (``JobSucceeded``, ``JobFailed``, ``WorkerCrashed``). Fields hold
 immutable values (jobs are frozen, data is frozen with ``jobs.freeze``),
 because pykka passes messages by reference. A few messages carry a
-``threading.Event``: a synchronisation handle, never mutated state.
+``threading.Event``: a synchronisation handle, never mutated state; ``RunJob``
+carries an ``AttemptCall``, the one state shared on purpose between the
+Dispatcher and a worker, changed only under its own lock (attempts.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from actors.attempts import AttemptCall
 from actors.jobs import Job, JobKind, JobState
 
 # --- JobRegistry ---------------------------------------------------------------------
@@ -185,8 +188,16 @@ class SharedTick:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptDeadline:
+    """An attempt reached its deadline (tell, from a timer): end it, or hold its call."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptOverdue:
-    """An attempt's worker has not reported long after the hard deadline (tell, from a timer)."""
+    """An attempt's worker has not reported long after its deadline or hold (tell, from a timer)."""
 
     job_id: str
     attempt: int
@@ -272,7 +283,8 @@ class RunJob:
     job_id: str
     data: Mapping[str, Any]
     attempt: int
-    timeout_s: float
+    call: AttemptCall
+    """The attempt's deadline, hold and phase, shared with the Dispatcher (thread-safe)."""
     instance: str
     """The Python API address to call."""
 

@@ -34,8 +34,16 @@ class JobMetrics:
         self.queue_wait = Histogram(
             "qudemo_job_queue_wait_seconds", "Time from queued to started, per attempt.",
             ["kind"], buckets=WAIT_BUCKETS_S, registry=self.registry)
+        self.abandoned = Counter(
+            "qudemo_calls_abandoned", "Calls past their deadline while the Python API was still"
+            " at them (their slot stays held).", ["kind"], registry=self.registry)
+        self.abandoned_ended = Counter(
+            "qudemo_calls_abandoned_ended", "Abandoned calls that ended (answered or cut at the"
+            " hold); their slot is free again.", ["kind"], registry=self.registry)
         for kind in JobKind:  # expose zeros from the start, so rates work at once
             self.submitted.labels(kind.value)
+            self.abandoned.labels(kind.value)
+            self.abandoned_ended.labels(kind.value)
             self.retried.labels(kind.value)
             for state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
                 self.finished.labels(kind.value, state.value)
@@ -59,3 +67,11 @@ class JobMetrics:
     def attempt_started(self, kind: JobKind, waited_s: float) -> None:
         """Record how long a job waited before this attempt started."""
         self.queue_wait.labels(kind.value).observe(max(0.0, waited_s))
+
+    def call_abandoned(self, kind: JobKind) -> None:
+        """Count a call abandoned at its deadline (it keeps its slot)."""
+        self.abandoned.labels(kind.value).inc()
+
+    def abandoned_call_ended(self, kind: JobKind) -> None:
+        """Count an abandoned call that ended, freeing its slot."""
+        self.abandoned_ended.labels(kind.value).inc()

@@ -1,11 +1,20 @@
 """The client of the Python API (DESIGN.md §4), shared by every worker.
 
 One ``requests.Session`` with a connection pool serves all workers. Each job
-call has a hard deadline: a read timeout alone resets with every byte, so a
-response that trickles in would never time out. At the deadline the call's
-socket is shut down from the timer thread, which wakes the blocked read at
-once; the worker then reports ``DeadlineExceeded``. The slot stays held until
-that happens, because the worker only reports after its call has returned.
+call belongs to an ``AttemptCall`` (attempts.py): it is sent only while the
+attempt is live, notes when its answer's status line arrives (the Python API
+is done), and can be cut from another thread: the socket is shut down, which
+wakes the blocked read at once. Who cuts, and when:
+
+- the Dispatcher at the deadline, once the answer is arriving (only the body
+  is left: a trickle would otherwise never time out, a read timeout resets
+  with every byte);
+- this client's own timer at the attempt's *hold*: a call the Python API was
+  still working on at the deadline is abandoned but still read, because the
+  Python API does not stop when its client leaves; the hold bounds that.
+
+The slot stays held until the call returns, because the worker only reports
+then.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from actors.attempts import AttemptCall
 from actors.errors import (
     CallFailed,
     DeadlineExceeded,
@@ -147,7 +157,7 @@ class PythonApiClient:
     def __repr__(self) -> str:
         return f"<PythonApiClient {self.base_url} in_flight={len(self._calls)}>"
 
-    def process_video(self, data: Mapping[str, Any], *, timeout_s: float) -> dict[str, Any]:
+    def process_video(self, data: Mapping[str, Any], *, call: AttemptCall) -> dict[str, Any]:
         """Process one video; return the Python API's ``result`` object.
 
         Raises:
@@ -159,7 +169,7 @@ class PythonApiClient:
             if data.get(key) is not None
         }
         company = quote(str(data.get("company_name", "")), safe="")
-        answer = self._post(f"/process-video/{company}", body, timeout_s)
+        answer = self._post(f"/process-video/{company}", body, call)
         result = answer.get("result")
         if answer.get("success") is not True or not isinstance(result, Mapping):
             # success: true with result: null is the Python API's "processing failed".
@@ -169,14 +179,14 @@ class PythonApiClient:
             raise PermanentCallFailure(f"video processing failed: {result.get('error', result)}")
         return dict(result)
 
-    def ask_question(self, data: Mapping[str, Any], *, timeout_s: float) -> dict[str, Any]:
+    def ask_question(self, data: Mapping[str, Any], *, call: AttemptCall) -> dict[str, Any]:
         """Answer one question; return ``{answer, sources, video_url, start, end}``.
 
         Raises:
             CallFailed: classified as retryable or permanent.
         """
         body = {"question": data.get("question"), "company_name": data.get("company_name")}
-        answer = self._post("/ask-question", body, timeout_s)
+        answer = self._post("/ask-question", body, call)
         if answer.get("success") is not True or not answer.get("answer"):
             message = answer.get("detail") or answer.get("message") or "no answer"
             raise PermanentCallFailure(f"question answering failed: {message}")
@@ -214,36 +224,65 @@ class PythonApiClient:
             raise ValueError(f"{path} answered {type(body).__name__}, not an object")
         return body
 
-    def _post(self, path: str, body: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _post(self, path: str, body: Mapping[str, Any], attempt: AttemptCall) -> dict[str, Any]:
         call = _Call()
         with self._calls_lock:
             if self._closed:
                 raise RetryableCallFailure(f"{path} not called: shutting down")
             self._calls.add(call)
-        deadline = self._timers.call_later(timeout_s, lambda: call.cut("deadline"))
         try:
+            if not attempt.begin(call.cut):
+                raise DeadlineExceeded(f"{path} not called: the attempt's deadline had passed",
+                                       reached_api=False)
+            hold = self._timers.call_later(max(0.0, attempt.hold_left()),
+                                           lambda: attempt.cut("hold"))
+            try:
+                return self._send(path, body, attempt, call)
+            finally:
+                hold.cancel()
+        finally:
+            attempt.end()
+            call.finish()
+            with self._calls_lock:
+                self._calls.discard(call)
+
+    def _send(self, path: str, body: Mapping[str, Any], attempt: AttemptCall,
+              call: _Call) -> dict[str, Any]:
+        timeout_s = attempt.deadline - attempt.started
+        try:
+            # The read timeout is the hold: reads go on past the deadline, since the
+            # Python API is still working on the call (the Dispatcher decides at the
+            # deadline). stream=True returns at the status line: the Python API is done.
             response = self._session.post(
                 self.base_url + path,
                 json=thaw(body),
-                timeout=(min(self.connect_timeout_s, timeout_s), timeout_s),
+                timeout=(max(0.001, min(self.connect_timeout_s, attempt.seconds_left())),
+                         max(0.001, attempt.hold_left())),
+                stream=True,
             )
+            attempt.answered()
             with response:
+                response.content  # noqa: B018 -- read the body here, where a cut is caught
                 return self._classify(path, response)
         except CallFailed:
             raise
         except (requests.RequestException, OSError) as exc:
-            if call.cut_reason == "deadline":
+            reason = attempt.cut_reason or call.cut_reason
+            if reason == "deadline":
                 raise DeadlineExceeded(f"{path} exceeded the {timeout_s:g}s deadline") from exc
-            if call.cut_reason is not None:
-                raise RetryableCallFailure(f"{path} cut: {call.cut_reason}") from exc
+            if reason == "hold":
+                raise DeadlineExceeded(
+                    f"{path} still unanswered at the end of its hold"
+                    f" ({attempt.hold_until - attempt.started:g}s), long past the"
+                    f" {timeout_s:g}s deadline", abandoned=True) from exc
+            if reason is not None:
+                raise RetryableCallFailure(f"{path} cut: {reason}") from exc
+            if isinstance(exc, requests.ConnectTimeout):
+                raise RetryableCallFailure(f"{path} unreachable: connect timed out") from exc
             if isinstance(exc, requests.Timeout):
-                raise DeadlineExceeded(f"{path} timed out after {timeout_s:g}s") from exc
+                raise DeadlineExceeded(f"{path} timed out after {timeout_s:g}s",
+                                       abandoned=True) from exc
             raise RetryableCallFailure(f"{path} unreachable: {type(exc).__name__}") from exc
-        finally:
-            deadline.cancel()
-            call.finish()
-            with self._calls_lock:
-                self._calls.discard(call)
 
     @staticmethod
     def _classify(path: str, response: requests.Response) -> dict[str, Any]:

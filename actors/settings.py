@@ -188,6 +188,15 @@ class Settings:
     backoff_max_s: float = 300.0
     backoff_jitter: float = 0.2
     job_timeout_s: float = 300.0
+    abandoned_hold_s: float | None = None
+    """How long, from its start, a call abandoned at its deadline keeps its slot at most.
+
+    The Python API goes on processing a request whose client left, so the slot is
+    held until the answer arrives or this hold ends (then the call is cut). ``None``:
+    twice ``job_timeout_s``. Never below ``job_timeout_s``.
+    """
+    retry_timed_out_videos: bool = False
+    """Retry a video whose call was still at the Python API at the deadline (see README)."""
     aging_s: float = 60.0
     max_memory_mb: float = 1600.0
     memory_threshold_mb: float = 1600.0
@@ -207,7 +216,7 @@ class Settings:
     worker_restart_window_s: float = 60.0
     ask_timeout_s: float = 10.0
     overdue_grace_s: float = 10.0
-    """How long past its hard deadline a silent worker is presumed dead (not from env)."""
+    """How long past its deadline (or its hold) a silent worker is presumed dead (not from env)."""
     store: str = "sqlite"
     """``sqlite`` (durable, the default), ``memory``, or ``postgres`` (shared by instances)."""
     db_path: str = "./data/jobs.sqlite3"
@@ -228,6 +237,13 @@ class Settings:
     supabase_write_attempts: int = 5
     """Writes of one result before its job fails (backoff as for attempts, QUEUE_BACKOFF_*)."""
     supabase_timeout_s: float = 10.0
+
+    @property
+    def call_hold_s(self) -> float:
+        """The hold of an abandoned call, from its start (``abandoned_hold_s`` or its default)."""
+        if self.abandoned_hold_s is None:
+            return 2 * self.job_timeout_s
+        return max(self.abandoned_hold_s, self.job_timeout_s)
 
     @property
     def python_api_urls(self) -> tuple[str, ...]:
@@ -305,6 +321,9 @@ class Settings:
             backoff_max_s=env.ms_as_s("QUEUE_BACKOFF_MAX_MS", 300000),
             backoff_jitter=num("QUEUE_BACKOFF_JITTER", 0.2, integer=False, maximum=1),
             job_timeout_s=env.ms_as_s("QUEUE_JOB_TIMEOUT_MS", 300000),
+            abandoned_hold_s=(env.ms_as_s("QUEUE_ABANDONED_HOLD_MS", 600000)
+                              if env.raw("QUEUE_ABANDONED_HOLD_MS") else None),
+            retry_timed_out_videos=env.flag("QUEUE_RETRY_TIMED_OUT_VIDEOS", False),
             aging_s=env.ms_as_s("QUEUE_AGING_MS", 60000),
             max_memory_mb=num("QUEUE_MAX_MEMORY_MB", 1600, integer=False, allow_zero=False),
             memory_threshold_mb=num("MEMORY_THRESHOLD_MB", 1600, integer=False,
@@ -350,6 +369,12 @@ class Settings:
         env.check(
             settings.backoff_max_s >= settings.backoff_base_s,
             "QUEUE_BACKOFF_MAX_MS must not be below QUEUE_BACKOFF_DELAY",
+        )
+        env.check(
+            settings.abandoned_hold_s is None
+            or settings.abandoned_hold_s >= settings.job_timeout_s,
+            "QUEUE_ABANDONED_HOLD_MS must not be below QUEUE_JOB_TIMEOUT_MS (an abandoned call"
+            " keeps its slot at least until its deadline)",
         )
         env.problems.extend(settings.database_problems())
         return settings

@@ -193,7 +193,7 @@ class SharedDispatcher(Dispatcher):
             # This instance's own lease lapsed (a stall longer than the TTL) and it claimed
             # the job again: the old attempt is superseded; its outcome will be ignored
             # and its worker freed when it reports.
-            stale.overdue.cancel()
+            stale.timer.cancel()
             self._instance_ended(stale, broke=False)
         super()._launch(job)
 

@@ -37,6 +37,7 @@ def assemble_snapshot(
             "cancelled": counts["cancelled"],
             "max_concurrent": limits.max_concurrent,
             "max_waiting": limits.max_waiting,
+            "call_hold_s": settings.call_hold_s,
         }
     last = memory["last"] or {}
     workers = [{"name": f"{info['actor']} {worker_id}", "alive": info["alive"],

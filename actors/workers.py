@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import pykka
 
+from actors.attempts import AttemptCall
 from actors.errors import (
     CallFailed,
     CompanyLookupFailed,
@@ -59,7 +60,7 @@ class Worker(TrackedActor):
         return f"<{type(self).__name__} {self.worker_id} job={self.current_job_id}>"
 
     def call(
-        self, client: PythonApiClient, data: Mapping[str, Any], timeout_s: float
+        self, client: PythonApiClient, data: Mapping[str, Any], call: AttemptCall
     ) -> dict[str, Any]:
         """Make the Python API call for one attempt; subclasses say which."""
         raise NotImplementedError
@@ -78,7 +79,7 @@ class Worker(TrackedActor):
         started = time.monotonic()
         outcome: JobSucceeded | JobFailed
         try:
-            result = self.call(self.clients[message.instance], message.data, message.timeout_s)
+            result = self.call(self.clients[message.instance], message.data, message.call)
             outcome = JobSucceeded(
                 job_id=message.job_id,
                 worker_id=self.worker_id,
@@ -159,16 +160,17 @@ class VideoWorker(Worker):
     kind = JobKind.VIDEO
 
     def call(
-        self, client: PythonApiClient, data: Mapping[str, Any], timeout_s: float
+        self, client: PythonApiClient, data: Mapping[str, Any], call: AttemptCall
     ) -> dict[str, Any]:
         """Process one video; with a resolver, find its company first (no company, no call).
 
-        The lookup counts against the attempt's deadline. The resolved ``company_id``
-        goes into the result, for the rows the ResultWriter writes.
+        The lookup counts against the attempt's deadline: a lookup still running
+        then ends the attempt (the Dispatcher seals it), and the call it would
+        have made is never sent. The resolved ``company_id`` goes into the
+        result, for the rows the ResultWriter writes.
         """
         if self.resolver is None:
-            return client.process_video(data, timeout_s=timeout_s)
-        started = time.monotonic()
+            return client.process_video(data, call=call)
         try:
             company = self.resolver.resolve_company(company_id=data.get("company_id"),
                                                     company_name=data.get("company_name"))
@@ -177,8 +179,7 @@ class VideoWorker(Worker):
         except ResultStoreUnavailable as exc:
             raise CompanyLookupFailed(f"company lookup failed: {exc.message}") from exc
         data = {**data, "company_name": data.get("company_name") or company.name}
-        left_s = max(0.001, timeout_s - (time.monotonic() - started))
-        return {**client.process_video(data, timeout_s=left_s), "company_id": company.id}
+        return {**client.process_video(data, call=call), "company_id": company.id}
 
 
 class QAWorker(Worker):
@@ -187,10 +188,10 @@ class QAWorker(Worker):
     kind = JobKind.QA
 
     def call(
-        self, client: PythonApiClient, data: Mapping[str, Any], timeout_s: float
+        self, client: PythonApiClient, data: Mapping[str, Any], call: AttemptCall
     ) -> dict[str, Any]:
         """Answer one question."""
-        return client.ask_question(data, timeout_s=timeout_s)
+        return client.ask_question(data, call=call)
 
 
 WORKER_CLASSES: Mapping[JobKind, type[Worker]] = {

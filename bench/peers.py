@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from actors.attempts import AttemptCall
 from actors.python_api import PythonApiClient
 
 QUESTION = {"question": "What are the main features?", "company_name": "acme-corp"}
@@ -55,7 +56,8 @@ def one_job(client: PythonApiClient, countdown: Countdown) -> Callable[[], None]
 
     def job() -> None:
         try:
-            client.ask_question(QUESTION, timeout_s=TIMEOUT_S)
+            client.ask_question(QUESTION, call=AttemptCall("bench", 1, timeout_s=TIMEOUT_S,
+                                                           hold_s=TIMEOUT_S))
         except Exception:
             countdown.finish(ok=False)
             raise

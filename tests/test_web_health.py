@@ -34,8 +34,8 @@ def test_health_shape_when_healthy(job_system: JobSystem, client: FlaskClient):
     assert memory["process"]["rss"] > 0 and memory["node"] == memory["process"]
     assert memory["python"] == {"memory_mb": 500.0, "status": "ok", "reachable": True}
     for kind in ("video", "qa"):
-        assert health["queues"][kind] == {"waiting": 0, "activeJobs": 0, "retrying": 0,
-                                          "paused": False}
+        assert health["queues"][kind] == {"waiting": 0, "activeJobs": 0, "abandonedCalls": 0,
+                                          "retrying": 0, "paused": False}
     assert health["concurrency"]["video"]["max"] == 2
     assert health["concurrency"]["qa"]["max"] == 10
 

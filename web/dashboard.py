@@ -92,7 +92,8 @@ def dashboard_data() -> dict[str, Any]:
     return {
         **queue_status(snapshot),
         "running": [{"id": job["job_id"], "type": job["kind"], "attempt": job["attempt"],
-                     "ageSeconds": job["age_s"], "worker": job.get("worker")}
+                     "ageSeconds": job["age_s"], "worker": job.get("worker"),
+                     "abandoned": bool(job.get("abandoned"))}
                     for job in running],
         "failures": [{"id": job.id, "type": job.kind.value, "attempts": job.attempts,
                       "failedAt": iso(job.finished_at), "lastError": job.last_error}

@@ -130,11 +130,13 @@ def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
         },
         "queues": {
             name: {"waiting": k.get("waiting", 0), "activeJobs": k.get("running", 0),
+                   "abandonedCalls": k.get("abandoned", 0),
                    "retrying": k.get("retrying", 0), "paused": bool(k.get("paused", False))}
             for name, k in kinds.items()
         },
         "concurrency": {
-            name: {"active": k.get("running", 0), "max": k.get("max_concurrent"),
+            name: {"active": k.get("running", 0), "abandoned": k.get("abandoned", 0),
+                   "max": k.get("max_concurrent"),
                    "workers": pools.get(name, {}).get("size"),
                    "workersAlive": pools.get(name, {}).get("alive")}
             for name, k in kinds.items()

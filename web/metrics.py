@@ -63,7 +63,8 @@ METRICS_EXTENSION = "qudemo_metrics"
 MIB = 1024 * 1024
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-KNOWN_PAUSE_REASONS = ("operator", "memory")
+KNOWN_PAUSE_REASONS = ("operator", "memory", "process memory")
+"""Pause reasons always exported (0 when inactive): the operator's and the watchdog's two."""
 
 
 @dataclass(eq=False)
@@ -164,6 +165,8 @@ def _queue_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
         for key, name, text in (
             ("waiting", "qudemo_jobs_waiting", "Jobs queued, waiting for a free slot."),
             ("running", "qudemo_jobs_running", "Jobs with an attempt in flight."),
+            ("abandoned", "qudemo_calls_abandoned_holding",
+             "Calls past their deadline that the Python API is still at; each holds a slot."),
             ("retrying", "qudemo_jobs_retrying", "Jobs waiting out a backoff before a retry."),
             ("paused", "qudemo_queue_paused", "1 while dispatch of this kind is paused."),
             ("max_concurrent", "qudemo_queue_max_concurrent", "Attempts allowed in flight."),
@@ -172,7 +175,7 @@ def _queue_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
     }
     reasons = GaugeMetricFamily("qudemo_queue_pause_reason",
                                 "1 for each reason dispatch of this kind is paused "
-                                "(operator, memory).", labels=["kind", "reason"])
+                                "(operator, memory, process memory).", labels=["kind", "reason"])
     oldest = GaugeMetricFamily("qudemo_jobs_running_oldest_seconds",
                                "Age of the longest-running attempt (0 when none runs).",
                                labels=["kind"])

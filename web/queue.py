@@ -32,6 +32,7 @@ def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
         name: {
             "waiting": k.get("waiting", 0),
             "activeJobs": k.get("running", 0),
+            "abandonedCalls": k.get("abandoned", 0),
             "retrying": k.get("retrying", 0),
             "completed": k.get("completed", 0),
             "failed": k.get("failed", 0),

@@ -102,6 +102,9 @@ class QueueCounts(_Doc):
 
     waiting: int
     activeJobs: int
+    abandonedCalls: int = Field(description="Calls past their deadline that the Python API is "
+                                            "still processing; each keeps its slot until it "
+                                            "answers or its hold ends.")
     retrying: int
     completed: int
     failed: int

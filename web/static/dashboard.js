@@ -79,7 +79,8 @@
 
   function drawKind(kind, queue) {
     $(kind + "-waiting").textContent = number(queue.waiting);
-    $(kind + "-running").textContent = number(queue.activeJobs);
+    $(kind + "-running").textContent = number(queue.activeJobs)
+      + (queue.abandonedCalls ? " (+" + number(queue.abandonedCalls) + " abandoned)" : "");
     $(kind + "-limit").textContent = queue.maxConcurrent ? " / " + queue.maxConcurrent : "";
     $(kind + "-retrying").textContent = number(queue.retrying);
     $(kind + "-completed").textContent = number(queue.completed);
@@ -139,6 +140,7 @@
       cell(row, String(job.attempt));
       cell(row, duration(job.ageSeconds), "age");
       cell(row, job.worker || "");
+      cell(row, job.abandoned ? "abandoned: past its deadline, slot held" : "running", "call");
       rows.appendChild(row);
     }
     $("running-empty").hidden = running.length > 0;
