@@ -38,7 +38,7 @@ from actors.messages import JobSucceeded, SharedTick, Wake
 from actors.pg_listen import Listener
 from actors.pg_store import PostgresJobStore
 from actors.settings import Settings
-from actors.watchdog import MEMORY_PAUSE_REASON
+from actors.watchdog import MEMORY_PAUSE_REASON, PROCESS_MEMORY_PAUSE_REASON
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,15 @@ class SharedDispatcher(Dispatcher):
         return True
 
     def _pause(self, kind: JobKind, reason: str) -> None:
-        # Pauses are rows, so every instance stops claiming. The watchdog's pause is
-        # bound to this instance: it lifts itself if this instance dies holding it.
+        # Pauses are rows, so every instance stops claiming. The watchdog's pause for the
+        # Python API's memory is bound to this instance: it lifts itself if this instance
+        # dies holding it. This process's own memory is nobody else's concern (I5): that
+        # pause is never a row, only a local reason, which _dispatch honours.
+        if reason == PROCESS_MEMORY_PAUSE_REASON:
+            if reason not in self.paused[kind]:
+                self.paused[kind].add(reason)
+                logger.warning("%s claims paused on this instance only (%s)", kind.value, reason)
+            return
         bound = self.instance_id if reason == MEMORY_PAUSE_REASON else None
         try:
             if self.store.pause(kind, reason, instance_id=bound):
@@ -243,6 +250,13 @@ class SharedDispatcher(Dispatcher):
             self.paused[kind].add(reason)  # at least here, until the database is back
 
     def _resume(self, kind: JobKind, reason: str) -> None:
+        if reason == PROCESS_MEMORY_PAUSE_REASON:
+            if reason in self.paused[kind]:
+                self.paused[kind].discard(reason)
+                logger.warning("%s claims: %s pause lifted on this instance", kind.value,
+                               reason)
+                self._dispatch()
+            return
         bound = self.instance_id if reason == MEMORY_PAUSE_REASON else None
         try:
             if self.store.resume(kind, reason, instance_id=bound):

@@ -91,7 +91,7 @@
     state.className = "badge " + (queue.paused ? "warn" : "ok");
     const reasons = queue.pauseReasons || [];
     $(kind + "-reasons").textContent = reasons.length
-      ? "paused by: " + reasons.join(", ") + (reasons.includes("memory") ? " (lifts when memory falls)" : "")
+      ? "paused by: " + reasons.join(", ") + (reasons.some((r) => r.includes("memory")) ? " (lifts when memory falls)" : "")
       : "";
     const toggle = $(kind + "-toggle");
     const byOperator = reasons.includes("operator");
