@@ -2,7 +2,9 @@
 
 Both run the real server under gunicorn against the stand-in, and wait on what can be
 observed (the stand-in's calls, the queue status over HTTP), never on sleeps; the one
-fixed wait is the outage itself.
+fixed wait is the outage itself. Both also check, counted from the stand-in's own side for the
+whole run, that the Python API is never processing more calls per kind than the limits
+(DESIGN.md §8, I1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(180)]
 MAX_ATTEMPTS = 4
 OUTAGE_S = 10.0
 TERMINAL = ("completed", "failed", "cancelled")
+LIMITS = {"ask-question": 4, "process-video": 2}  # QUEUE_MAX_CONCURRENT_QA below, videos' default
 
 
 def env(standin: PythonApiStandIn, **extra: str) -> dict[str, str]:
@@ -85,6 +88,12 @@ def status(server: GunicornServer) -> dict[str, Any]:
     return dict(reply.json()["data"])
 
 
+def within_limits(standin: PythonApiStandIn) -> None:
+    """The stand-in, counting from its own side since it started, never exceeded LIMITS."""
+    unanswered = {ep: standin.max_unanswered(ep) for ep in LIMITS}
+    assert all(unanswered[ep] <= limit for ep, limit in LIMITS.items()), (unanswered, LIMITS)
+
+
 def asked(*standins: PythonApiStandIn) -> Counter[str]:
     """How often each question and video reached the Python API, over every stand-in."""
     seen: Counter[str] = Counter()
@@ -124,6 +133,8 @@ def test_python_api_down_for_ten_seconds(tmp_path: Path) -> None:
     assert set(seen) == set(jobs.values())  # every accepted job reached the Python API
     assert max(seen.values()) <= MAX_ATTEMPTS
     assert len(second.calls()) > 0  # the waiting jobs resumed once it was back
+    within_limits(first)
+    within_limits(second)
 
 
 def test_memory_pressure_pauses_video_while_questions_go_on(tmp_path: Path) -> None:
@@ -168,3 +179,4 @@ def test_memory_pressure_pauses_video_while_questions_go_on(tmp_path: Path) -> N
     assert all(job["status"] == "completed" for job in done.values()), done
     assert not after["paused"]
     assert late.status_code == 202, late.text
+    within_limits(standin)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -239,6 +241,35 @@ def test_client_leaving_mid_trickle_does_not_break_the_server(
     assert standin.wait_for(lambda s: s.in_flight("health") == 0)
     assert session.get(f"{standin.url}/health", timeout=5).json()["status"] == "healthy"
     assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
+
+
+def test_a_delayed_reply_stays_in_flight_after_the_client_leaves(
+    standin: PythonApiStandIn, session: requests.Session
+) -> None:
+    # Like uvicorn/FastAPI, the stand-in does not stop a handler when its client disconnects:
+    # the abandoned request keeps counting, from the stand-in's own side, until its delay ends.
+    delay_s = 1.5
+    standin.script("ask-question", Reply(delay_s=delay_s))
+    body = json.dumps(QUESTION).encode()
+    with socket.create_connection(("127.0.0.1", standin.port), timeout=5) as sock:
+        sock.sendall(b"POST /ask-question HTTP/1.1\r\nHost: stand-in\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert standin.wait_in_flight("ask-question", 1)
+    # The client is gone, mid-delay.
+    assert not standin.wait_for(lambda s: s.in_flight("ask-question") == 0, timeout=0.2)
+    assert standin.in_flight("ask-question") == 1
+    # A request sent now runs beside the abandoned one, and is counted on top of it.
+    assert session.post(f"{standin.url}/ask-question", json=QUESTION, timeout=5).ok
+    assert standin.max_unanswered("ask-question") == 2
+    assert standin.max_in_flight("ask-question") == 2
+    assert standin.in_flight("ask-question") == 1
+
+    assert standin.wait_for(lambda s: s.in_flight("ask-question") == 0, timeout=5)
+    abandoned, beside = standin.calls("ask-question")
+    assert abandoned.finished_at is not None and beside.finished_at is not None
+    assert abandoned.finished_at - abandoned.started_at >= delay_s
+    assert abandoned.started_at < beside.started_at < beside.finished_at < abandoned.finished_at
 
 
 # -- memory ---------------------------------------------------------------------------------------
