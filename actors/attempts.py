@@ -43,12 +43,16 @@ class AttemptCall:
     __slots__ = ("_cut", "_lock", "_phase", "_sealed", "attempt", "cut_reason", "deadline",
                  "hold_until", "job_id", "started")
 
-    def __init__(self, job_id: str, attempt: int, *, timeout_s: float, hold_s: float) -> None:
+    def __init__(self, job_id: str, attempt: int, *, timeout_s: float, hold_s: float,
+                 hold_from: float | None = None) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
-        self.hold_until = self.started + max(hold_s, timeout_s)
+        # The hold counts from ``hold_from`` when given (the shared queue: when the claim
+        # was sent, so that the database's hold, counted from the claim, ends later).
+        start = self.started if hold_from is None else min(hold_from, self.started)
+        self.hold_until = max(start + hold_s, self.deadline)
         self._lock = threading.Lock()
         self._phase = BEFORE
         self._sealed = False

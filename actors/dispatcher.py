@@ -243,8 +243,11 @@ class Dispatcher(TrackedActor):
                                       attempts=job.attempts))
         self._launch(job)
 
-    def _launch(self, job: Job) -> None:
-        """Hand a job already marked processing (its attempt counted) to a free worker."""
+    def _launch(self, job: Job, *, hold_from: float | None = None) -> None:
+        """Hand a job already marked processing (its attempt counted) to a free worker.
+
+        ``hold_from`` (monotonic) is where an abandoned call's hold starts, if not now.
+        """
         attempt = job.attempts
         instance = self.instances.choose(job.kind, self.clock.monotonic(),
                                          avoid=self.avoid.pop(job.id, None))
@@ -252,7 +255,8 @@ class Dispatcher(TrackedActor):
         self.instances.started(instance, job.kind)
         worker_id, worker = self.pools[job.kind].acquire(job.id)
         s = self.settings
-        call = AttemptCall(job.id, attempt, timeout_s=s.job_timeout_s, hold_s=s.call_hold_s)
+        call = AttemptCall(job.id, attempt, timeout_s=s.job_timeout_s, hold_s=s.call_hold_s,
+                           hold_from=hold_from)
         deadline = self.timers.tell_later(s.job_timeout_s, self.actor_ref,
                                           AttemptDeadline(job_id=job.id, attempt=attempt))
         self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), deadline,

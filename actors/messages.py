@@ -184,7 +184,21 @@ class Wake:
 
 @dataclass(frozen=True, slots=True)
 class SharedTick:
-    """Renew leases, take back expired ones, look for work: the shared queue's beat (tell)."""
+    """Take back expired leases, look for work: the shared queue's beat (tell)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeasesLost:
+    """The lease keeper could not renew these jobs' leases: they expired (tell)."""
+
+    job_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fenced:
+    """The lease keeper fenced this instance (``on``) or lifted the fence (tell)."""
+
+    on: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,6 +46,11 @@ from actors.jobs import Job, JobKind, JobState
 from actors.pg_schema import JOB_COLUMNS, job_params, row_to_job
 from actors.scheduling import effective_priority
 
+DB_NOW = "extract(epoch FROM clock_timestamp())"
+"""The database's clock in epoch seconds: lease times are on it (``now=None`` below)."""
+SLOT_HELD_SQL = ("state = 'processing' AND NOT has_result"
+                 " AND (lease_expires_at > {now} OR hold_until > {now})")
+"""A job holding a slot: its lease is live, or its call may still be at the Python API."""
 CHANNEL = "qudemo_jobs"
 """The LISTEN/NOTIFY channel; the payload is the kind that may have become claimable."""
 LIVE_PAUSE_SQL = (
@@ -86,30 +91,44 @@ def write(conn: Conn, job: Job) -> None:
 
 
 def claim(conn: Conn, free: dict[JobKind, int], instance_id: str, limits: dict[JobKind, int],
-          now: float, aging_s: float, lease_ttl_s: float) -> list[Job]:
-    """Claim the best waiting jobs per kind within the global limits: one statement."""
+          now: float | None, aging_s: float, lease_ttl_s: float,
+          hold_s: float = 0.0) -> list[Job]:
+    """Claim the best waiting jobs per kind within the global limits: one statement.
+
+    ``now=None`` is the database's clock. Each claimed job's slot is held until its
+    lease expires and ``now + hold_s`` has passed, whichever is later.
+    """
     kinds = sorted((k for k, n in free.items() if n > 0), key=lambda k: k.value)
     if not kinds:
         return []
     rows = conn.execute(
         f"SELECT {JOB_COLUMNS} FROM qudemo_claim(%s::text[], %s::bigint[], %s::bigint[],"
-        " %s::float8, %s::float8, %s::text, %s::float8)",
+        " %s::float8, %s::float8, %s::text, %s::float8, %s::float8)",
         ([k.value for k in kinds], [free[k] for k in kinds], [limits.get(k, 0) for k in kinds],
-         now, aging_s, instance_id, now + lease_ttl_s)).fetchall()
+         now, aging_s, instance_id, lease_ttl_s, hold_s)).fetchall()
     claimed = [row_to_job(row) for row in rows]
-    claimed.sort(key=lambda j: (effective_priority(j, now, aging_s), j.seq))
+    at = now if now is not None else max((j.started_at or 0.0 for j in claimed), default=0.0)
+    claimed.sort(key=lambda j: (effective_priority(j, at, aging_s), j.seq))
     return claimed
 
 
-def renew(conn: Conn, instance_id: str, job_ids: list[str], now: float, ttl_s: float) -> set[str]:
-    """Extend the leases still held by ``instance_id``; heartbeat it; return the ids renewed."""
+def renew(conn: Conn, instance_id: str, job_ids: list[str], now: float | None,
+          ttl_s: float) -> set[str]:
+    """Extend the live leases held by ``instance_id``; heartbeat it; return the ids renewed.
+
+    An expired lease is never renewed, even when nobody took the job yet: its slot
+    may have been counted free, and another instance may have claimed it.
+    ``now=None`` is the database's clock.
+    """
     rows = conn.execute(
-        "WITH beat AS (INSERT INTO qudemo_instances (id, seen_at, expires_at)"
-        " VALUES (%(owner)s, %(now)s, %(until)s) ON CONFLICT (id) DO UPDATE"
+        f"WITH t AS (SELECT coalesce(%(now)s::float8, {DB_NOW}) AS now),"
+        " beat AS (INSERT INTO qudemo_instances (id, seen_at, expires_at)"
+        " SELECT %(owner)s, t.now, t.now + %(ttl)s FROM t ON CONFLICT (id) DO UPDATE"
         " SET seen_at = EXCLUDED.seen_at, expires_at = EXCLUDED.expires_at)"
-        " UPDATE qudemo_jobs SET lease_expires_at = %(until)s WHERE id = ANY(%(ids)s)"
-        " AND state = 'processing' AND lease_owner = %(owner)s RETURNING id",
-        {"owner": instance_id, "now": now, "until": now + ttl_s, "ids": job_ids}).fetchall()
+        " UPDATE qudemo_jobs j SET lease_expires_at = t.now + %(ttl)s FROM t"
+        " WHERE j.id = ANY(%(ids)s) AND j.state = 'processing' AND j.lease_owner = %(owner)s"
+        " AND j.lease_expires_at > t.now RETURNING j.id",
+        {"owner": instance_id, "now": now, "ttl": ttl_s, "ids": job_ids}).fetchall()
     return {r[0] for r in rows}
 
 
@@ -147,12 +166,22 @@ def cancel(conn: Conn, job_id: str, now: float) -> Job | None:
     return None if row is None else row_to_job(row)
 
 
-def reap(conn: Conn, now: float, instance_id: str | None, lease_ttl_s: float) -> list[Job]:
-    """Re-queue (or fail) processing jobs whose lease expired; see ``PostgresJobStore``."""
+def reap(conn: Conn, now: float | None, instance_id: str | None,
+         lease_ttl_s: float) -> list[Job]:
+    """Re-queue (or fail) processing jobs whose lease expired; see ``PostgresJobStore``.
+
+    A job whose call may still be at the Python API (``hold_until`` not passed) is
+    left alone: running it again now would run it twice at once. A processed one
+    (only its result left to store) is taken over at once.
+    """
+    if now is None:
+        row = conn.execute(f"SELECT {DB_NOW}").fetchone()
+        now = float(row[0]) if row else 0.0
     rows = conn.execute(
         f"SELECT lease_owner, has_result, {JOB_COLUMNS} FROM qudemo_jobs"
         " WHERE state = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at <= %s)"
-        " ORDER BY seq FOR UPDATE SKIP LOCKED", (now,)).fetchall()
+        " AND (has_result OR hold_until IS NULL OR hold_until <= %s)"
+        " ORDER BY seq FOR UPDATE SKIP LOCKED", (now, now)).fetchall()
     reaped: list[Job] = []
     for holder, has_result, *columns in rows:
         job = row_to_job(tuple(columns))
@@ -204,22 +233,24 @@ def resume(conn: Conn, kind: JobKind, reason: str, instance_id: str | None) -> b
     return row is not None
 
 
-def paused(conn: Conn, now: float) -> dict[JobKind, set[str]]:
+def paused(conn: Conn, now: float | None) -> dict[JobKind, set[str]]:
     """Return the reasons each kind is paused for (``reason@instance`` when instance-bound)."""
     found: dict[JobKind, set[str]] = {kind: set() for kind in JobKind}
+    live = LIVE_PAUSE_SQL.replace("%(now)s", f"coalesce(%(now)s::float8, {DB_NOW})")
     rows = conn.execute(f"SELECT p.kind, p.reason, p.instance_id FROM qudemo_pauses p"
-                        f" WHERE {LIVE_PAUSE_SQL}", {"now": now})
+                        f" WHERE {live}", {"now": now})
     for kind, reason, instance_id in rows:
         if kind in _KINDS:
             found[_KINDS[kind]].add(f"{reason}@{instance_id}" if instance_id else reason)
     return found
 
 
-def in_flight(conn: Conn, now: float) -> dict[JobKind, int]:
-    """Return how many jobs per kind hold a slot (processing, live lease, no result yet)."""
+def in_flight(conn: Conn, now: float | None) -> dict[JobKind, int]:
+    """Return how many jobs per kind hold a slot (``SLOT_HELD_SQL``)."""
     counts = dict.fromkeys(JobKind, 0)
-    rows = conn.execute("SELECT kind, count(*) FROM qudemo_jobs WHERE state = 'processing'"
-                        " AND NOT has_result AND lease_expires_at > %s GROUP BY kind", (now,))
+    at = f"coalesce(%(now)s::float8, {DB_NOW})"
+    rows = conn.execute("SELECT kind, count(*) FROM qudemo_jobs WHERE "
+                        + SLOT_HELD_SQL.format(now=at) + " GROUP BY kind", {"now": now})
     for kind, count in rows:
         if kind in _KINDS:
             counts[_KINDS[kind]] = int(count)

@@ -36,23 +36,27 @@ class SharedQueue:
     _conninfo: str
     _connect_kwargs: dict[str, Any]
     _clock: Callable[[], float]
+    _lease_now: Callable[[], float | None]
     _listeners: list[Listener]
     _conn: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
     _tx: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
     def claim(self, kinds_with_free_workers: dict[JobKind, int], instance_id: str,
-              limits: dict[JobKind, int], now: float, aging_s: float,
-              lease_ttl_s: float) -> list[Job]:
+              limits: dict[JobKind, int], now: float | None, aging_s: float,
+              lease_ttl_s: float, hold_s: float = 0.0) -> list[Job]:
         """Claim the best waiting jobs, within per-kind limits counted across all instances.
 
         Waiting means ``queued``, or ``retrying`` with ``next_attempt_at <= now``
         (so no instance needs a timer for another's retries). Per kind at most
         ``kinds_with_free_workers[kind]`` jobs are taken, and never so many that
         more than ``limits[kind]`` jobs of the kind hold a slot anywhere (a slot:
-        ``processing``, lease live at ``now``, no result yet). Globally paused kinds
-        are skipped. Each claimed job is ``processing`` with ``attempts + 1``,
-        ``started_at = now`` and a lease owned by ``instance_id`` until
-        ``now + lease_ttl_s``.
+        ``processing``, no result yet, and its lease live at ``now`` or its
+        ``hold_until`` not passed). Globally paused kinds are skipped. Each
+        claimed job is ``processing`` with ``attempts + 1``, ``started_at = now``,
+        a lease owned by ``instance_id`` until ``now + lease_ttl_s`` and its slot
+        held at least until ``now + hold_s`` (the abandoned-call hold: a call
+        whose instance died may still be at the Python API until then).
+        ``now=None`` is the database's clock (what instances use).
 
         Returns:
             The claimed jobs in the global order: effective priority (aging by one
@@ -60,7 +64,7 @@ class SharedQueue:
         """
         with self._conn() as conn:
             return pg_claims.claim(conn, kinds_with_free_workers, instance_id, limits, now,
-                                   aging_s, lease_ttl_s)
+                                   aging_s, lease_ttl_s, hold_s)
 
     def renew_leases(self, instance_id: str, job_ids: Iterable[str],
                      ttl: float, *, now: float | None = None) -> set[str]:
@@ -68,13 +72,13 @@ class SharedQueue:
 
         Call it every ``ttl / 3`` or so while the jobs run, with an empty list too
         (the heartbeat keeps its instance-bound pauses alive). A lease that has
-        expired but was not reaped yet is renewed: nobody took the job.
+        expired is never renewed, even when nobody took the job yet.
 
         Returns:
             The ids still held. A job missing was reaped (and maybe claimed
             elsewhere): its attempt's outcome must be dropped.
         """
-        at = self._clock() if now is None else now
+        at = self._lease_now() if now is None else now
         with self._conn() as conn:
             return pg_claims.renew(conn, instance_id, list(job_ids), at, ttl)
 
@@ -110,11 +114,12 @@ class SharedQueue:
         with self._conn() as conn:
             return pg_claims.cancel(conn, job_id, self._clock() if now is None else now)
 
-    def reap_expired(self, now: float, *, instance_id: str | None = None,
+    def reap_expired(self, now: float | None = None, *, instance_id: str | None = None,
                      lease_ttl_s: float = 30.0) -> list[Job]:
         """Take back the jobs whose lease expired at ``now`` (their instance died).
 
-        A job with a live lease is never touched, however long it runs. An
+        A job with a live lease is never touched, however long it runs; nor one
+        whose hold has not passed (its call may still be at the Python API). An
         expired one whose attempt was cut is ``queued`` again (keeping its place;
         the attempt counts) with ``last_error`` "interrupted: lease expired ...", or
         ``failed`` when that used up its attempts. An expired one that had its
@@ -126,7 +131,8 @@ class SharedQueue:
             The jobs changed, as now stored: queued, failed, or processing (taken over).
         """
         with self._tx() as conn:
-            return pg_claims.reap(conn, now, instance_id, lease_ttl_s)
+            return pg_claims.reap(conn, self._lease_now() if now is None else now,
+                                  instance_id, lease_ttl_s)
 
     def pause(self, kind: JobKind, reason: str, *, instance_id: str | None = None) -> bool:
         """Pause claims of ``kind`` on every instance; return whether the pause is new.
@@ -145,12 +151,12 @@ class SharedQueue:
     def paused(self) -> dict[JobKind, set[str]]:
         """Return the reasons each kind is paused for, on all instances."""
         with self._conn() as conn:
-            return pg_claims.paused(conn, self._clock())
+            return pg_claims.paused(conn, self._lease_now())
 
     def in_flight(self, now: float | None = None) -> dict[JobKind, int]:
         """Return how many jobs of each kind hold a slot, across all instances."""
         with self._conn() as conn:
-            return pg_claims.in_flight(conn, self._clock() if now is None else now)
+            return pg_claims.in_flight(conn, self._lease_now() if now is None else now)
 
     def position(self, job_id: str, now: float, aging_s: float) -> int | None:
         """Return a queued job's 1-based place among its kind's queued jobs (claim order)."""

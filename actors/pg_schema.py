@@ -9,6 +9,11 @@ Tables and the claim function (all in the connection's ``current_schema()``)::
     qudemo_instances  heartbeats of the instances that hold leases
     qudemo_claim()    the claim, one call and one round trip (pg_claims.py explains it)
 
+A job ``processing`` holds a slot of its kind while its lease is live or its
+``hold_until`` (claim time + the abandoned-call hold) has not passed, whichever
+is later: the Python API is still at a call whose instance died, so the slot
+is not free before that. Lease and hold times are the database's clock.
+
 The columns win over the record: a claim or a reap changes ``state``,
 ``attempts``, ``started_at``, ... in SQL only, and ``row_to_job`` lays the
 columns over the stored record when it reads a job back.
@@ -213,6 +218,86 @@ MIGRATIONS: tuple[str, ...] = (
                 UPDATE qudemo_jobs j SET state = 'processing', attempts = j.attempts + 1,
                     started_at = p_now, next_attempt_at = NULL, lease_owner = p_owner,
                     lease_expires_at = p_until
+                FROM picked WHERE j.id = picked.id
+                RETURNING j.*
+            )
+            SELECT * FROM claimed;
+        END LOOP;
+    END
+    $claim$;
+    """,
+    # 3: an attempt holds its slot until its lease expires *and* its hold has passed
+    # (hold_until): the Python API goes on with a call whose instance died or was cut off,
+    # so the slot is not free while it may still be processing it. Lease times are the
+    # database's clock (p_now NULL), renewals never revive an expired lease.
+    r"""
+    ALTER TABLE qudemo_jobs ADD COLUMN hold_until double precision;
+    DROP FUNCTION qudemo_claim(text[], bigint[], bigint[], double precision, double precision,
+                               text, double precision);
+    CREATE FUNCTION qudemo_claim(p_kinds text[], p_free bigint[], p_limits bigint[],
+                                 p_now double precision, p_aging double precision,
+                                 p_owner text, p_ttl double precision,
+                                 p_hold double precision)
+    RETURNS SETOF qudemo_jobs LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT
+    AS $claim$
+    DECLARE
+        k integer;
+        -- The database's clock, not the caller's: every instance's leases on one clock.
+        v_now double precision := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+    BEGIN
+        FOR k IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP  -- callers sort the kinds
+            -- Without the lock first: when nothing is claimable or every slot is taken,
+            -- skip the kind instead of queueing behind the other claimers. Whatever
+            -- changes that after this statement's snapshot sends a NOTIFY after it, so a
+            -- skip never strands a job. Locks are still taken in kind order.
+            CONTINUE WHEN NOT EXISTS (
+                SELECT 1 FROM qudemo_jobs h WHERE h.kind = p_kinds[k]
+                  AND h.state IN ('queued', 'retrying')
+                  AND (h.state = 'queued' OR h.next_attempt_at <= v_now))
+              OR (SELECT count(*) FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                    AND s.state = 'processing' AND NOT s.has_result
+                    AND (s.lease_expires_at > v_now OR s.hold_until > v_now)) >= p_limits[k];
+            PERFORM pg_advisory_xact_lock(
+                hashtextextended(current_schema() || ':qudemo:' || 'claim:' || p_kinds[k], 0));
+            RETURN QUERY
+            WITH heads AS (  -- per base priority, the oldest waiting: also the best by aging
+                (SELECT h.id FROM qudemo_jobs h WHERE h.kind = p_kinds[k] AND h.priority <= 1
+                   AND h.state IN ('queued', 'retrying')
+                   AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                 ORDER BY h.priority, h.seq LIMIT p_free[k])
+                UNION ALL
+                (SELECT h.id FROM qudemo_jobs h WHERE h.kind = p_kinds[k] AND h.priority = 2
+                   AND h.state IN ('queued', 'retrying')
+                   AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                 ORDER BY h.priority, h.seq LIMIT p_free[k])
+                UNION ALL
+                (SELECT h.id FROM qudemo_jobs h WHERE h.kind = p_kinds[k] AND h.priority >= 3
+                   AND h.state IN ('queued', 'retrying')
+                   AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                 ORDER BY h.priority, h.seq LIMIT p_free[k])
+            ), picked AS (
+                SELECT w.id FROM qudemo_jobs w JOIN heads USING (id)
+                WHERE w.state IN ('queued', 'retrying')
+                  AND (w.state = 'queued' OR w.next_attempt_at <= v_now)
+                ORDER BY CASE WHEN p_aging > 0 THEN GREATEST(1, w.priority - floor(
+                             GREATEST(0, v_now - w.created_at) / p_aging)::bigint)
+                         ELSE w.priority END, w.seq
+                LIMIT (SELECT CASE WHEN EXISTS (
+                           SELECT 1 FROM qudemo_pauses p WHERE p.kind = p_kinds[k]
+                             AND (p.instance_id = '' OR EXISTS (
+                                 SELECT 1 FROM qudemo_instances i
+                                 WHERE i.id = p.instance_id AND i.expires_at > v_now)))
+                       THEN 0
+                       ELSE GREATEST(0, LEAST(p_free[k], p_limits[k] - (
+                           SELECT count(*) FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                             AND s.state = 'processing' AND NOT s.has_result
+                             AND (s.lease_expires_at > v_now OR s.hold_until > v_now))))
+                       END)
+                FOR UPDATE OF w SKIP LOCKED
+            ), claimed AS (
+                UPDATE qudemo_jobs j SET state = 'processing', attempts = j.attempts + 1,
+                    started_at = v_now, next_attempt_at = NULL, lease_owner = p_owner,
+                    lease_expires_at = v_now + p_ttl, hold_until = v_now + p_hold
                 FROM picked WHERE j.id = picked.id
                 RETURNING j.*
             )

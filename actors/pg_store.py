@@ -26,11 +26,13 @@ from typing import Any
 
 import psycopg
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from actors.errors import DuplicateJob
 from actors.jobs import Job, JobKind, JobState
 from actors.pg_claims import CHANNEL, notify
+from actors.pg_fence import LeaseKeeper, LeaseSet
 from actors.pg_queue import SharedQueue
 from actors.pg_schema import (
     ACTIVE_SQL,
@@ -42,10 +44,15 @@ from actors.pg_schema import (
     redact,
     row_to_job,
 )
+from actors.pg_watch import StatementWatch
 from actors.sqlite_store import StoreUnavailable
 from actors.store import JobList, StateCounts
+from actors.timers import TimerService
 
 logger = logging.getLogger(__name__)
+
+CLIENT_DEADLINE_GRACE_S = 2.0
+"""How long past ``statement_timeout`` a call may block before its connection is cut."""
 
 _INSERT_SQL = (
     "INSERT INTO qudemo_jobs (id, kind, state, owner, priority, created_at, started_at,"
@@ -95,7 +102,11 @@ class PostgresJobStore(SharedQueue):
         pool_size: most pooled connections (each listener has one of its own).
         connect_timeout_s: how long opening (and a pool checkout) may take.
         idle_check_s: a pooled connection idle longer than this is checked before use.
-        clock: the wall clock for times the store picks itself (pauses, housekeeping).
+        clock: a clock for every time the store picks itself; ``None`` (production):
+            the wall clock for timestamps, the database's clock for leases, heartbeats
+            and live pauses (so instances never disagree about a lease).
+        statement_timeout_s: no statement runs longer (``statement_timeout``); pooled
+            and keeper connections also have TCP keepalives and a user timeout.
 
     Raises:
         StoreUnavailable: unreachable, or a schema newer than this program knows.
@@ -105,14 +116,25 @@ class PostgresJobStore(SharedQueue):
 
     def __init__(self, conninfo: str, *, instance_id: str | None = None, pool_size: int = 4,
                  connect_timeout_s: float = 10.0, idle_check_s: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None,
+                 statement_timeout_s: float = 10.0) -> None:
         self.where = redact(conninfo)
         self.instance_id = instance_id or new_instance_id()
+        self.leases = LeaseSet()  # the jobs whose leases this instance holds
         self._conninfo = conninfo
-        self._clock = clock
+        self._clock = clock or time.time
+        self._lease_clock = clock
+        self.statement_timeout_ms = max(1, round(statement_timeout_s * 1000))
+        # The server's statement_timeout fires first; this one, ours, when the server
+        # never got the statement (a half-open connection).
+        self.call_deadline_s = statement_timeout_s + min(CLIENT_DEADLINE_GRACE_S,
+                                                         statement_timeout_s)
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": max(1, round(connect_timeout_s)),
             "application_name": f"qudemo-jobs {self.instance_id}"[:63],
+            # A dead peer is noticed by the kernel, not after its default two hours.
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+            "keepalives_count": 3, "tcp_user_timeout": 30000,
         }
         self._listeners = []
         try:
@@ -121,20 +143,47 @@ class PostgresJobStore(SharedQueue):
         except psycopg.Error as exc:
             raise StoreUnavailable(f"the job store {self.where} cannot be opened: "
                                    f"{_reason(exc)}") from None
+        self._watch = StatementWatch()
         idle_check = IdleCheck(idle_check_s)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             conninfo, min_size=1, max_size=max(2, pool_size), open=False,
             kwargs={**self._connect_kwargs, "autocommit": True},
-            check=idle_check, reset=idle_check.returned,
-            name="qudemo-pg", timeout=connect_timeout_s)
+            configure=self._configure, check=idle_check, reset=idle_check.returned,
+            # A checkout waits no longer than a call may take: with the database away,
+            # callers learn it in seconds, not after every connect attempt.
+            name="qudemo-pg", timeout=min(connect_timeout_s, self.call_deadline_s))
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout:
             self._pool.close()
+            self._watch.stop()
             raise StoreUnavailable(f"the job store {self.where} cannot be reached") from None
 
     def __repr__(self) -> str:
         return f"<PostgresJobStore {self.where} instance={self.instance_id}>"
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Give a new pooled connection its statement timeout."""
+        conn.execute(f"SET statement_timeout = {self.statement_timeout_ms}")
+
+    def _lease_now(self) -> float | None:
+        """The time for lease comparisons: ``None`` is the database's own clock."""
+        return None if self._lease_clock is None else self._lease_clock()
+
+    def lease_keeper(self, *, ttl_s: float, beat_s: float, timers: TimerService,
+                     on_lost: Callable[[set[str]], None],
+                     on_fence: Callable[[bool], None]) -> LeaseKeeper:
+        """Return a keeper renewing ``self.leases`` on a connection of its own (not started)."""
+        options = f"-c statement_timeout={self.statement_timeout_ms}"
+        kwargs = dict(self._connect_kwargs)
+        params = conninfo_to_dict(self._conninfo)
+        if params.get("options"):  # keep a search_path given in the URL
+            options = f"{params['options']} {options}"
+        kwargs["options"] = options
+        return LeaseKeeper(self._conninfo, instance_id=self.instance_id, leases=self.leases,
+                           ttl_s=ttl_s, beat_s=beat_s, timers=timers, connect_kwargs=kwargs,
+                           on_lost=on_lost, on_fence=on_fence, watch=self._watch,
+                           call_deadline_s=self.call_deadline_s)
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -144,7 +193,11 @@ class PostgresJobStore(SharedQueue):
         """
         try:
             with self._pool.connection() as conn:
-                yield conn
+                token = self._watch.watch(conn, self.call_deadline_s)
+                try:
+                    yield conn
+                finally:
+                    self._watch.done(token)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"the job store {self.where} failed: {_reason(exc)}") from exc
 
@@ -295,6 +348,7 @@ class PostgresJobStore(SharedQueue):
             listener.stop()
         self._listeners.clear()
         self._pool.close()
+        self._watch.stop()
 
 
 def _reason(exc: BaseException) -> str:

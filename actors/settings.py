@@ -223,6 +223,8 @@ class Settings:
     db_synchronous: str = "normal"
     database_url: str | None = field(default=None, repr=False)
     """PostgreSQL connection string for ``store="postgres"`` (holds a password: never shown)."""
+    db_statement_timeout_s: float = 10.0
+    """No PostgreSQL statement may run longer (``store="postgres"``)."""
     lease_ttl_s: float = 30.0
     """How long a claimed job's lease lives without renewal (``store="postgres"``)."""
     poll_interval_s: float = 5.0
@@ -351,6 +353,7 @@ class Settings:
             db_synchronous=env.choice("QUEUE_DB_SYNCHRONOUS", d.db_synchronous,
                                       ("normal", "full")),
             database_url=env.raw("DATABASE_URL"),
+            db_statement_timeout_s=env.ms_as_s("QUEUE_DB_STATEMENT_TIMEOUT_MS", 10000),
             lease_ttl_s=env.ms_as_s("QUEUE_LEASE_TTL_MS", 30000),
             poll_interval_s=env.ms_as_s("QUEUE_POLL_INTERVAL_MS", 5000),
             supabase_url=env.url("SUPABASE_URL", "") if env.raw("SUPABASE_URL") else None,

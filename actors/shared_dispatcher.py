@@ -15,8 +15,13 @@ When it claims (each is one round trip):
 * after every outcome (the registry's fenced write of it sends the NOTIFY);
 * when one of its retry timers comes due;
 * on its beat (``SharedTick``, every ``min(poll interval, lease TTL / 3)``):
-  leases renewed (its heartbeat), expired leases of dead instances taken
-  back, then a claim: the fallback when a wake-up was missed.
+  expired leases of dead instances taken back (only once their calls' hold
+  has passed too), then a claim: the fallback when a wake-up was missed.
+
+Leases are renewed by the ``LeaseKeeper`` (pg_fence.py) on a thread and a
+connection of its own, never behind this actor's mailbox. When it cannot
+renew in time it fences the instance (``Fenced``): no claims, running calls
+go on as abandoned calls; expired leases are reported (``LeasesLost``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +40,8 @@ from actors.dispatcher import Dispatcher
 from actors.errors import StoreUnavailable
 from actors.jobs import Job, JobKind, JobState
 from actors.logs import job_fields
-from actors.messages import JobSucceeded, SharedTick, Wake
+from actors.messages import Fenced, LeasesLost, SharedTick, Wake
+from actors.pg_fence import LeaseKeeper
 from actors.pg_listen import Listener
 from actors.pg_store import PostgresJobStore
 from actors.settings import Settings
@@ -57,7 +64,9 @@ class SharedDispatcher(Dispatcher):
         self.limits = {kind: settings.limits(kind).max_concurrent * len(self.clients)
                        for kind in JobKind}
         self.beat_s = max(0.05, min(settings.poll_interval_s, settings.lease_ttl_s / 3))
-        self.storing: set[str] = set()  # processed here; the result is being stored
+        self.leases = store.leases  # held from the claim until the outcome is written
+        self.fenced = False
+        self._keeper: LeaseKeeper | None = None
         self.claims = 0
         self.claimed = 0
         self.reaped = 0
@@ -67,11 +76,22 @@ class SharedDispatcher(Dispatcher):
 
     def __repr__(self) -> str:
         return (f"<SharedDispatcher {self.instance_id} running={len(self.running)}"
-                f" storing={len(self.storing)} claimed={self.claimed}>")
+                f" leases={len(self.leases)} claimed={self.claimed}"
+                f"{' FENCED' if self.fenced else ''}>")
 
     def on_start(self) -> None:
-        """Start the pools, listen for wake-ups, and beat once (which claims)."""
+        """Start the pools and the lease keeper, listen for wake-ups, beat once (claims)."""
         super().on_start()
+        ref = self.actor_ref
+
+        def tell(message: Any) -> None:
+            with contextlib.suppress(pykka.ActorDeadError):  # stopping: nobody to tell
+                ref.tell(message)
+
+        self._keeper = self.store.lease_keeper(
+            ttl_s=self.settings.lease_ttl_s, beat_s=self.beat_s, timers=self.timers,
+            on_lost=lambda ids: tell(LeasesLost(job_ids=frozenset(ids))),
+            on_fence=lambda on: tell(Fenced(on=on))).start()
         try:
             self._listener = self.store.listen(self._woken)
         except StoreUnavailable as exc:
@@ -80,9 +100,11 @@ class SharedDispatcher(Dispatcher):
         self._beat()
 
     def on_stop(self) -> None:
-        """Stop listening, then stop like the local Dispatcher."""
+        """Stop listening and renewing, then stop like the local Dispatcher."""
         if self._listener is not None:
             self._listener.stop()
+        if self._keeper is not None:
+            self._keeper.stop()
         super().on_stop()
 
     def on_receive(self, message: Any) -> Any:
@@ -93,6 +115,10 @@ class SharedDispatcher(Dispatcher):
                 self._dispatch()
             case SharedTick():
                 self._beat()
+            case LeasesLost(job_ids=job_ids):
+                self._on_leases_lost(job_ids)
+            case Fenced(on=on):
+                self._on_fenced(on)
             case _:
                 return super().on_receive(message)
         return None
@@ -112,29 +138,39 @@ class SharedDispatcher(Dispatcher):
     # --- the beat ------------------------------------------------------------------
 
     def _beat(self) -> None:
-        """Renew this instance's leases, take back expired ones, claim; schedule the next."""
-        try:
-            self._renew()
-            self._reap()
-        except STORE_ERRORS as exc:
-            self._failed("lease renewal", exc)
-        self._dispatch()
+        """Take back expired leases, claim; schedule the next beat (none of it while fenced)."""
+        if not self.fenced:
+            try:
+                self._reap()
+            except STORE_ERRORS as exc:
+                self._failed("reaping", exc)
+            self._dispatch()
         self.timers.tell_later(self.beat_s, self.actor_ref, SharedTick())
 
-    def _renew(self) -> None:
-        held_ids = set(self.running) | self.storing
-        held = self.store.renew_leases(self.instance_id, sorted(held_ids),
-                                       self.settings.lease_ttl_s, now=self.clock.time())
-        for job_id in held_ids - held:
-            if job_id in self.running:
-                # Taken back by another instance after a lapse (a long stall or a
-                # network cut): the outcome will be refused by the lease fence.
-                logger.error("job %s: lease lost while running here; its outcome will be"
-                             " dropped", job_id)
-        self.storing &= held  # a stored result ends the lease: nothing left to renew
+    def _on_leases_lost(self, job_ids: frozenset[str]) -> None:
+        for job_id in sorted(job_ids):
+            entry = self.running.get(job_id)
+            if entry is None:
+                continue
+            # Not renewable any more. Its call goes on, holding its slot here, and the
+            # database holds the slot until the call's hold has passed; its outcome is
+            # written only if no other instance has taken the job by then.
+            entry.abandoned = True
+            logger.error("job %s: lease expired while its call runs here; the call goes on"
+                         " as an abandoned call", job_id,
+                         extra=job_fields(job_id, entry.job.kind, "lease lost",
+                                          entry.job.attempts))
+
+    def _on_fenced(self, on: bool) -> None:
+        self.fenced = on
+        if on:
+            for entry in self.running.values():
+                entry.abandoned = True
+        else:
+            self._dispatch()
 
     def _reap(self) -> None:
-        for job in self.store.reap_expired(self.clock.time(), instance_id=self.instance_id,
+        for job in self.store.reap_expired(None, instance_id=self.instance_id,
                                            lease_ttl_s=self.settings.lease_ttl_s):
             self.reaped += 1
             if job.state == JobState.PROCESSING and job.result is not None:
@@ -163,7 +199,7 @@ class SharedDispatcher(Dispatcher):
 
     def _dispatch(self) -> None:
         """Claim as many jobs per kind as there are idle workers and Python API room."""
-        if self.draining:
+        if self.draining or self.fenced:
             return
         now_m = self.clock.monotonic()
         free: dict[JobKind, int] = {}
@@ -174,9 +210,14 @@ class SharedDispatcher(Dispatcher):
         if not free:
             return
         now = self.clock.time()
+        s = self.settings
+        sent = time.monotonic()
         try:
-            jobs = self.store.claim(free, self.instance_id, self.limits, now,
-                                    self.settings.aging_s, self.settings.lease_ttl_s)
+            # The database's clock. Past a lost lease, the slot stays held until the
+            # call's hold is over: counted from the claim there, and here from when the
+            # claim was sent, plus the longest a claim may take, so ours ends first.
+            jobs = self.store.claim(free, self.instance_id, self.limits, None, s.aging_s,
+                                    s.lease_ttl_s, s.call_hold_s + self.store.call_deadline_s)
         except STORE_ERRORS as exc:
             self._failed("claim", exc)
             return
@@ -185,9 +226,9 @@ class SharedDispatcher(Dispatcher):
         for job in jobs:
             if job.attempts == 1:  # a retry's due time is gone from the row once claimed
                 self.metrics.attempt_started(job.kind, max(0.0, now - job.created_at))
-            self._launch(job)
+            self._launch(job, hold_from=sent)
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job, *, hold_from: float | None = None) -> None:
         stale = self.running.pop(job.id, None)
         if stale is not None:
             # This instance's own lease lapsed (a stall longer than the TTL) and it claimed
@@ -195,7 +236,8 @@ class SharedDispatcher(Dispatcher):
             # and its worker freed when it reports.
             stale.timer.cancel()
             self._instance_ended(stale, broke=False)
-        super()._launch(job)
+        self.leases.hold(job.id)
+        super()._launch(job, hold_from=hold_from)
 
     def _after_outcome(self) -> None:
         # No claim here: the registry has not written the outcome yet, so the slot still
@@ -208,12 +250,8 @@ class SharedDispatcher(Dispatcher):
         self.retrying.pop(job_id, None)
         self._dispatch()
 
-    def _store_result(self, job: Job, message: JobSucceeded) -> None:
-        self.storing.add(job.id)  # keep the lease while the result is being stored
-        super()._store_result(job, message)
-
     def _restore_processed(self, job: Job, result: Mapping[str, Any]) -> None:
-        self.storing.add(job.id)  # reaped here: keep the lease while storing
+        self.leases.hold(job.id)  # taken over here: keep the lease while storing
         super()._restore_processed(job, result)
 
     # --- control -------------------------------------------------------------------
@@ -283,10 +321,13 @@ class SharedDispatcher(Dispatcher):
 
     def _inspect(self) -> dict[str, Any]:
         answer = super()._inspect()
+        answer["shared"] = self._shared_view()
+        if self.fenced:  # the database is not answering: the local view, at once
+            return answer
         try:
             counts = self.store.counts()
             paused = self.store.paused()
-            in_flight = self.store.in_flight(self.clock.time())
+            in_flight = self.store.in_flight()
         except STORE_ERRORS as exc:
             self._failed("inspection", exc)
             return answer
@@ -299,10 +340,15 @@ class SharedDispatcher(Dispatcher):
             view["pause_reasons"] = reasons
             view["running_everywhere"] = in_flight[kind]
             view["limit_everywhere"] = self.limits[kind]
-        answer["shared"] = {
+        return answer
+
+    def _shared_view(self) -> dict[str, Any]:
+        return {
             "instance_id": self.instance_id, "claims": self.claims, "claimed": self.claimed,
-            "reaped": self.reaped, "storing": len(self.storing),
+            "reaped": self.reaped,
+            "storing": sum(1 for job_id in self.leases.ids() if job_id not in self.running),
+            "fenced": self.fenced,
+            "leases": self._keeper.describe() if self._keeper is not None else None,
             "store_failures": self.store_failures, "beat_s": self.beat_s,
             "listening": self._listener is not None and self._listener.alive,
         }
-        return answer

@@ -10,7 +10,8 @@ What changes from the local registry (registry.py), and why:
 * An attempt's outcome is written only while this instance holds the job's
   lease (``store.finish``): a late answer from an attempt that lost its lease
   (the job was taken back and may run elsewhere) is dropped, never written
-  over the run that replaced it.
+  over the run that replaced it. The lease is renewed until that write is
+  done (``store.leases``), not only while the attempt runs.
 * No recovery at start: a dead instance's jobs come back through lease
   expiry on whichever instance reaps them (shared_dispatcher.py).
 """
@@ -129,6 +130,7 @@ class SharedJobRegistry(JobRegistry):
         self._apply(job, transitioned(job, message))
 
     def _lost(self, job: Job, outcome: JobState) -> None:
+        self.store.leases.release(job.id)
         self.lost_outcomes += 1
         logger.warning("job %s: outcome %s dropped; this instance lost its lease (the job was"
                        " taken back after the lease expired)", job.id, outcome.value,
@@ -136,9 +138,18 @@ class SharedJobRegistry(JobRegistry):
 
     def _apply(self, old: Job, new: Job) -> None:
         if old.state == JobState.PROCESSING:
-            if not self.store.finish(new, self.store.instance_id):
+            try:
+                written = self.store.finish(new, self.store.instance_id)
+            except StoreUnavailable:
+                # Not written: stop renewing, so that the job comes back through lease
+                # expiry (after its hold), like a job of an instance that died.
+                self.store.leases.release(new.id)
+                raise
+            if not written:
                 self._lost(new, new.state)
                 return
+            if new.state != JobState.PROCESSING:  # written: the lease was cleared with it
+                self.store.leases.release(new.id)
         else:
             self.store.update(new)
         self.counts[old.kind, old.state] -= 1

@@ -33,7 +33,8 @@ def open_store(settings: Settings) -> JobStore:
         problems = settings.database_problems()
         if problems or settings.database_url is None:
             raise SettingsError(problems)
-        return PostgresJobStore(settings.database_url)
+        return PostgresJobStore(settings.database_url,
+                                statement_timeout_s=settings.db_statement_timeout_s)
     from actors.sqlite_store import SqliteJobStore  # imported only when used
 
     return SqliteJobStore(settings.db_path, synchronous=settings.db_synchronous.upper())

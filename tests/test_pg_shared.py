@@ -155,11 +155,13 @@ def test_a_failed_attempt_is_retried_by_whichever_instance_is_free(
 
 
 def expire_and_reap(pg_url: str, job_id: str) -> None:
-    """As if the job's instance had stalled past its lease: expire it; a third party reaps it."""
+    """As if the job's instance had stalled past its lease and its call's hold: expire both;
+    a third party reaps it."""
     reaper = PostgresJobStore(pg_url, instance_id="reaper")
     try:
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute("UPDATE qudemo_jobs SET lease_expires_at = 0 WHERE id = %s", (job_id,))
+            conn.execute("UPDATE qudemo_jobs SET lease_expires_at = 0, hold_until = 0"
+                         " WHERE id = %s", (job_id,))
         assert [j.id for j in reaper.reap_expired(time.time())] == [job_id]
     finally:
         reaper.close()
