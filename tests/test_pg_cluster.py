@@ -11,6 +11,7 @@ would show); it never changes it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections import Counter
@@ -117,7 +118,7 @@ def overlapping_calls(standin: PythonApiStandIn) -> list[str]:
     found = []
     for key, times in spans.items():
         times.sort()
-        if any(later[0] < earlier[1] for earlier, later in zip(times, times[1:])):
+        if any(later[0] < earlier[1] for earlier, later in itertools.pairwise(times)):
             found.append(key)
     return found
 
