@@ -39,6 +39,7 @@ from actors.messages import (
     RecordResult,
     Resume,
     RetryDue,
+    RevivePool,
     RunJob,
     StopWorkers,
     StoreResult,
@@ -174,6 +175,10 @@ class Dispatcher(TrackedActor):
                 self.watchdog = watchdog
             case RetryDue(job_id=job_id):
                 self._on_retry_due(job_id)
+            case RevivePool(kind=kind):
+                if not self.draining and self.pools[kind].failed:
+                    self.pools[kind].revive()
+                    self._dispatch()
             case CancelJob(job_id=job_id):
                 return self._cancel(job_id)
             case Pause(kind=kind, reason=reason):
@@ -319,6 +324,16 @@ class Dispatcher(TrackedActor):
         entry.timer.cancel()
         self._instance_ended(entry, broke=False)
         self.pools[entry.job.kind].replace(entry.worker_id, allowed=not self.draining)
+        self._revive_later(self.pools[entry.job.kind])
+
+    def _revive_later(self, pool: WorkerPool) -> None:
+        """Schedule a failed pool's revival (once), after its backoff."""
+        if pool.failed and not pool.revival_due and not self.draining:
+            pool.revival_due = True
+            logger.error("%s pool: restarts used up; its workers start again in %.0fs",
+                         pool.kind.value, pool.revive_after_s)
+            self.timers.tell_later(pool.revive_after_s, self.actor_ref,
+                                   RevivePool(kind=pool.kind))
 
     # --- outcomes ------------------------------------------------------------------
 
@@ -420,6 +435,7 @@ class Dispatcher(TrackedActor):
         pool = next((p for p in self.pools.values() if p.owns(message.worker_id)), None)
         if pool is not None:
             pool.replace(message.worker_id, allowed=not self.draining)
+            self._revive_later(pool)
         entry = self.running.get(message.job_id) if message.job_id else None
         if entry is not None and entry.worker_id == message.worker_id:
             del self.running[entry.job.id]

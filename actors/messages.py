@@ -24,6 +24,39 @@ from actors.jobs import Job, JobKind, JobState
 # --- JobRegistry ---------------------------------------------------------------------
 
 
+class SubmitTicket:
+    """A submission's fate, shared by its submitter and the JobRegistry (thread-safe).
+
+    Why: a submitter that stops waiting must know whether the job was stored.
+    The registry *starts* storing only if the submitter has not given up, and
+    the submitter gives up only if storing has not started: a job is either
+    refused with nothing stored, or accepted (never "503, but it runs").
+    """
+
+    __slots__ = ("_lock", "_state", "stored")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "pending"
+        self.stored = threading.Event()  # set once the store has the job
+
+    def start_storing(self) -> bool:
+        """Called by the registry before it stores the job; False: the submitter left."""
+        with self._lock:
+            if self._state != "pending":
+                return False
+            self._state = "storing"
+            return True
+
+    def give_up(self) -> bool:
+        """Called by a submitter that waited long enough; False: storing has begun."""
+        with self._lock:
+            if self._state != "pending":
+                return False
+            self._state = "abandoned"
+            return True
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AddJob:
     """Admit and store a new job (ask); replies the stored job or a ``SubmissionRefused``.
@@ -35,6 +68,13 @@ class AddJob:
 
     job: Job
     reply: pykka.Future[Any] | None = None
+    ticket: SubmitTicket | None = None
+    """Set by a submitter that may give up waiting (see ``SubmitTicket``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushWrites:
+    """Write the parked job changes again (tell, from the registry's own timer)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,6 +378,18 @@ class AttachWatchdog:
 
 
 # --- Everyone ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevivePool:
+    """Start the missing workers of a pool whose restarts were used up (tell, from a timer)."""
+
+    kind: JobKind
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Answer ``True`` at once (ask): the liveness probe's "is this actor answering?"."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from actors import pg_claims
+from actors.errors import DuplicateJob
 from actors.jobs import Job, JobKind
 from actors.pg_listen import Listener, WakeCallback
 from actors.sqlite_store import StoreUnavailable
@@ -40,6 +41,7 @@ class SharedQueue:
     _listeners: list[Listener]
     _conn: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
     _tx: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+    _active_id: Callable[[str], str]
 
     def claim(self, kinds_with_free_workers: dict[JobKind, int], instance_id: str,
               limits: dict[JobKind, int], now: float | None, aging_s: float,
@@ -102,9 +104,18 @@ class SharedQueue:
         Clears the lease unless the job stays processing; wakes listeners when
         the job is queued again or leaves ``processing``. Use ``finish`` for
         outcomes and ``cancel`` for cancels: they are fenced against other instances.
+
+        Raises:
+            DuplicateJob: the job would be active while another active job has its
+                ``dedupe_key`` (an operator retry of a video that runs again meanwhile).
         """
-        with self._tx() as conn:
-            pg_claims.update(conn, job)
+        try:
+            with self._tx() as conn:
+                pg_claims.update(conn, job)
+        except psycopg.errors.UniqueViolation as exc:
+            if job.dedupe_key is None or exc.diag.constraint_name != "qudemo_jobs_dedupe":
+                raise
+            raise DuplicateJob(self._active_id(job.dedupe_key)) from None
 
     def cancel(self, job_id: str, now: float | None = None) -> Job | None:
         """Cancel a queued or retrying job atomically; ``None`` if it is not (anymore).

@@ -58,6 +58,8 @@ class WorkerPool:
         self._serial = 0
         self.restarts = 0
         self.failed = False
+        self.revivals = 0  # times a failed pool was started again
+        self.revival_due = False  # a revival is scheduled
 
     def __repr__(self) -> str:
         state = "FAILED" if self.failed else "ok"
@@ -145,6 +147,29 @@ class WorkerPool:
                        worker_id, self.restarts)
         return True
 
+    @property
+    def revive_after_s(self) -> float:
+        """How long a failed pool waits before its workers are started again (backoff)."""
+        return float(self._restart_window_s * 2 ** min(self.revivals, 5))
+
+    def revive(self) -> int:
+        """Start the workers a failed pool is missing, with a fresh restart budget.
+
+        A pool that used up its restarts (a bug, a broken dependency) tries again
+        after a while instead of leaving its kind's jobs waiting forever; a pool that
+        keeps failing waits longer each time. Returns how many workers were started.
+        """
+        self.revival_due = False
+        missing = self.size - len(self._workers)
+        for _ in range(missing):
+            self._spawn()
+        self._recent_restarts.clear()
+        self.failed = False
+        self.revivals += 1
+        logger.warning("%s pool: started %d worker(s) again after its restarts were used up"
+                       " (revival %d)", self.kind.value, missing, self.revivals)
+        return missing
+
     def stop(self, timeout_s: float) -> None:
         """Stop every worker and wait for each (a busy one stops after its call returns)."""
         futures = [ref.stop(block=False) for ref in self._workers.values()]
@@ -166,6 +191,7 @@ class WorkerPool:
             "busy": len(self._busy),
             "restarts": self.restarts,
             "failed": self.failed,
+            "revivals": self.revivals,
             "workers": {
                 worker_id: {
                     "job_id": self._busy.get(worker_id),

@@ -5,15 +5,27 @@ writes every change through to its ``JobStore``, keeps counts per kind and
 state without scanning, and removes finished jobs past their retention.
 Refusals are returned as exception *values* (the facade raises them), so a
 routine "queue full" is not logged as a traceback by pykka.
+
+A store that fails (a full disk, an I/O error) never stops this actor, and
+never loses an accepted job (I5):
+
+* a new job whose write fails is refused (``StoreUnavailable``, 503 with
+  Retry-After): nothing was stored, nothing is promised;
+* a change to an accepted job whose write fails is *parked*: applied here
+  (reads, counts and the Dispatcher see it), and written again on a timer
+  with backoff until the store takes it; while anything is parked, new jobs
+  are refused (the store is tried first), and ``Inspect`` says why;
+* a failing read answers ``StoreUnavailable``; retention simply tries again.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import sqlite3
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import pykka
 
@@ -25,6 +37,7 @@ from actors.errors import (
     QueueError,
     QueueFull,
     ShuttingDown,
+    StoreUnavailable,
 )
 from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, is_legal
 from actors.logs import job_fields
@@ -32,6 +45,7 @@ from actors.messages import (
     AddJob,
     AttachDispatcher,
     Enqueue,
+    FlushWrites,
     GetJob,
     Inspect,
     ListJobs,
@@ -49,6 +63,11 @@ from actors.timers import Clock, TimerService
 from actors.tracked import TrackedActor
 
 logger = logging.getLogger(__name__)
+
+STORE_FAILURES: tuple[type[BaseException], ...] = (sqlite3.Error, StoreUnavailable, OSError)
+"""What a store call raises when the disk or database fails; never fatal to the actor."""
+FLUSH_FIRST_S, FLUSH_MAX_S = 0.5, 30.0
+"""Backoff of the parked writes' retries: from the first to the cap, doubling."""
 
 
 class JobRegistry(TrackedActor):
@@ -76,6 +95,11 @@ class JobRegistry(TrackedActor):
         self.refused: set[JobKind] = set()
         self.illegal_transitions = 0
         self._seq = itertools.count(1)
+        self.parked: dict[str, Job] = {}  # job id -> newest version the store has not taken
+        self.store_error: str | None = None  # the last write failure, until one succeeds
+        self.store_failures = 0
+        self._flush_delay_s = FLUSH_FIRST_S
+        self._flush_pending = False
 
     def __repr__(self) -> str:
         return f"<JobRegistry jobs={sum(self.counts.values())} store={self.store!r}>"
@@ -95,10 +119,23 @@ class JobRegistry(TrackedActor):
         self.store.close()
 
     def on_receive(self, message: Any) -> Any:
-        """Route one message."""
+        """Route one message; a failing store fails the question, never the actor."""
+        try:
+            return self._route(message)
+        except STORE_FAILURES as exc:
+            self._failed(f"{type(message).__name__}", exc)
+            if isinstance(message, AddJob) and message.reply is not None:
+                message.reply.set(self._unavailable())
+            return self._unavailable()
+
+    def _route(self, message: Any) -> Any:
         match message:
-            case AddJob(job=job, reply=reply):
+            case AddJob(job=job, reply=reply, ticket=ticket):
+                if ticket is not None and not ticket.start_storing():
+                    return None  # its submitter gave up: nothing is stored, as it was told
                 answer = self._add(job, reply)
+                if ticket is not None and not isinstance(answer, QueueError):
+                    ticket.stored.set()
                 if reply is None:
                     return answer
                 if isinstance(answer, QueueError):
@@ -106,9 +143,10 @@ class JobRegistry(TrackedActor):
             case Transition():
                 self._transition(message)
             case GetJob(job_id=job_id):
-                return self.store.get(job_id)
+                return self._current(job_id)
             case ListJobs(kind=kind, state=state, owner=owner, limit=limit):
-                return self.store.list(kind=kind, state=state, owner=owner, limit=limit)
+                listed = self.store.list(kind=kind, state=state, owner=owner, limit=limit)
+                return [self.parked.get(job.id, job) for job in listed]
             case RecordResult(job_id=job_id, result=result):
                 self._record_result(job_id, result)
             case RequeueFailed(job_id=job_id):
@@ -118,10 +156,10 @@ class JobRegistry(TrackedActor):
             case TrimHistory(keep_fraction=fraction):
                 self._prune(keep=int(self.finished_total() * fraction), reason="memory pressure")
             case PurgeExpired():
-                self._prune(finished_before=self.clock.time() - self.settings.retention_s,
-                            reason="retention age")
-                self.store.maintain()
-                self._schedule_purge()
+                self._retention_pass()
+            case FlushWrites():
+                self._flush_pending = False
+                self._flush()
             case AttachDispatcher(dispatcher=dispatcher):
                 self.dispatcher = dispatcher
                 self._recover()
@@ -142,6 +180,8 @@ class JobRegistry(TrackedActor):
         return self.counts[kind, JobState.QUEUED] + self.counts[kind, JobState.RETRYING]
 
     def _add(self, job: Job, reply: pykka.Future[Any] | None = None) -> Job | QueueError:
+        if self.parked and not self._flush():
+            return self._unavailable()  # accepted jobs' changes first
         if job.dedupe_key and job.dedupe_key in self.active_keys:
             return DuplicateJob(self.active_keys[job.dedupe_key])
         refused = self._admission(job.kind)
@@ -149,6 +189,7 @@ class JobRegistry(TrackedActor):
             return refused
         job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
         self.store.add(job)  # durability point: once this returns the job is accepted
+        self._wrote()
         self.counts[job.kind, job.state] += 1
         self.metrics.job_submitted(job.kind)
         if job.dedupe_key:
@@ -182,7 +223,7 @@ class JobRegistry(TrackedActor):
     # --- transitions ---------------------------------------------------------------
 
     def _transition(self, message: Transition) -> None:
-        job = self.store.get(message.job_id)
+        job = self._current(message.job_id)
         if job is None:
             logger.error("transition of unknown job %s to %s refused", message.job_id,
                          message.target.value)
@@ -196,23 +237,83 @@ class JobRegistry(TrackedActor):
         self._apply(job, transitioned(job, message))
 
     def _apply(self, old: Job, new: Job) -> None:
-        self.store.update(new)
+        self._write(new)
         self.counts[old.kind, old.state] -= 1
         self.counts[new.kind, new.state] += 1
         if new.state in FINISHED_STATES:
             self.metrics.job_finished(new.kind, new.state)
             if new.dedupe_key and self.active_keys.get(new.dedupe_key) == new.id:
                 del self.active_keys[new.dedupe_key]
-            if self.finished_total() > self.settings.retention_max_jobs:
-                self._prune(keep=self.settings.retention_max_jobs, reason="retention count")
 
     def _record_result(self, job_id: str, result: Any) -> None:
-        job = self.store.get(job_id)
+        job = self._current(job_id)
         if job is not None and job.state == JobState.PROCESSING:
-            self.store.update(job.replace(result=result))
+            self._write(job.replace(result=result))
+
+    # --- writes that may fail ------------------------------------------------------
+
+    def _current(self, job_id: str) -> Job | None:
+        """The newest version of a job: parked (not yet written) or stored."""
+        parked = self.parked.get(job_id)
+        return parked if parked is not None else self.store.get(job_id)
+
+    def _write(self, job: Job) -> None:
+        """Write a changed job; when the store fails, park it and retry on a timer."""
+        if job.id in self.parked:  # an older version waits: keep one, the newest
+            self.parked[job.id] = job
+            return
+        try:
+            self.store.update(job)
+        except STORE_FAILURES as exc:
+            self.parked[job.id] = job
+            self._failed(f"writing job {job.id}", exc)
+            self._schedule_flush()
+            return
+        self._wrote()
+
+    def _flush(self) -> bool:
+        """Write the parked versions again, oldest first; return whether all were taken."""
+        while self.parked:
+            job_id, job = next(iter(self.parked.items()))
+            try:
+                self.store.update(job)
+            except STORE_FAILURES as exc:
+                self._failed(f"writing {len(self.parked)} parked job change(s)", exc)
+                self._schedule_flush()
+                return False
+            if self.parked.get(job_id) is job:
+                del self.parked[job_id]
+        self._wrote()
+        return True
+
+    def _wrote(self) -> None:
+        """A write succeeded: once nothing is parked, the store is healthy again."""
+        if self.store_error is not None and not self.parked:
+            logger.warning("job store writable again; every parked change is written")
+            self.store_error = None
+            self._flush_delay_s = FLUSH_FIRST_S
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.timers.tell_later(self._flush_delay_s, self.actor_ref, FlushWrites())
+            self._flush_delay_s = min(FLUSH_MAX_S, self._flush_delay_s * 2)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.store_failures += 1
+        if reason != self.store_error:
+            logger.error("job store failed %s: %s (%d change(s) parked; new jobs refused until"
+                         " it takes writes again)", what, reason, len(self.parked))
+        self.store_error = reason
+
+    def _unavailable(self) -> StoreUnavailable:
+        exc = StoreUnavailable(f"the job store cannot take writes right now"
+                               f" ({self.store_error or 'failing'}); try again later")
+        return exc
 
     def _requeue(self, job_id: str) -> Job | QueueError:
-        job = self.store.get(job_id)
+        job = self._current(job_id)
         if job is None:
             return JobNotFound()
         if job.state != JobState.FAILED:
@@ -244,13 +345,87 @@ class JobRegistry(TrackedActor):
         return new
 
     # --- retention -----------------------------------------------------------------
+    #
+    # Retention runs on one timer, never on a finish: a finish costs what it costs on an
+    # empty store. Every RETENTION_CHECK_S a pass removes what is past the age, and, once
+    # the finished jobs (the registry's own counts, no count in the store) are past
+    # QUEUE_RETENTION_MAX_JOBS, trims them down to 90% of it (RETENTION_LOW_WATER_PERCENT:
+    # hysteresis, the next trim is due after a tenth of the cap has finished). One pass
+    # removes at most PRUNE_BATCH per criterion; while more remains, the next pass is told
+    # straight back to this actor, behind whatever waits in its mailbox, so a trim never
+    # holds the registry for longer than one batch. Between two passes the store may hold
+    # the cap plus what finished in one RETENTION_CHECK_S. Exactly one pass is pending at
+    # any time: on the timer, or in the mailbox.
+
+    RETENTION_CHECK_S: ClassVar[float] = 1.0
+    """How often the cap and the age are enforced (the bound on how far past the cap)."""
+    RETENTION_LOW_WATER_PERCENT: ClassVar[int] = 90
+    """Past the cap, finished jobs are trimmed down to this share of it (rounded up)."""
+    PRUNE_BATCH: ClassVar[int] = 500
+    """The most finished jobs one store call removes (a few milliseconds of SQLite)."""
+
+    _trim_to: int | None = None  # a trim in progress: down to this many finished jobs
+    _purge_chained = False  # the pending pass follows one that left work (not the timer's)
+    _maintained_at = float("-inf")  # monotonic time of the store's last maintain()
+
+    def _retention_pass(self) -> None:
+        """One pass (``PurgeExpired``): the age, then the cap; then the next pass."""
+        more = False
+        try:
+            more = self._prune(finished_before=self.clock.time() - self.settings.retention_s,
+                               reason="retention age")
+            cap = self.settings.retention_max_jobs
+            if self.finished_total() > cap:
+                low = -(-cap * self.RETENTION_LOW_WATER_PERCENT // 100)  # rounded up
+                self._trim_to = low if self._trim_to is None else min(self._trim_to, low)
+            if self._trim_to is not None:
+                if self._prune(keep=self._trim_to, reason="retention count"):
+                    more = True
+                else:
+                    self._trim_to = None
+            now = self.clock.monotonic()
+            if not more and now - self._maintained_at >= self._maintain_interval_s():
+                self._maintained_at = now
+                self.store.maintain()
+        except BaseException:
+            more = False  # a failing store: the timer tries again, no tight loop
+            raise
+        finally:
+            self._purge_chained = more
+            if more:
+                self.actor_ref.tell(PurgeExpired())
+            else:
+                self._schedule_purge()
 
     def _prune(self, *, keep: int | None = None, finished_before: float | None = None,
-               reason: str) -> None:
-        removed = self.store.prune_finished(keep=keep, finished_before=finished_before)
+               reason: str) -> bool:
+        """Remove one batch of the oldest finished jobs: past ``keep``, or finished before.
+
+        Returns whether more remain; a trim past ``keep`` that does carries on in the next
+        retention pass (memory pressure's too). Counts come from the registry's counters.
+        """
+        if self.parked:
+            return False  # the store holds older versions of some jobs: prune once written
+        if finished_before is not None:
+            removed = self.store.prune_finished(finished_before=finished_before,
+                                                limit=self.PRUNE_BATCH)
+            more = removed.total() >= self.PRUNE_BATCH
+        else:
+            excess = self.finished_total() - max(0, keep or 0)
+            if excess <= 0:
+                return False
+            limit = min(excess, self.PRUNE_BATCH)
+            removed = self.store.prune_finished(limit=limit)
+            # Fewer than asked: the counts were ahead of the store (another instance
+            # pruned); the next pass counts again.
+            more = excess > limit and removed.total() == limit
+            if more:
+                target = max(0, keep or 0)
+                self._trim_to = target if self._trim_to is None else min(self._trim_to, target)
         if removed:
             self.counts.subtract(removed)
             logger.info("removed %d finished job(s) (%s)", removed.total(), reason)
+        return more
 
     # --- recovery ------------------------------------------------------------------
 
@@ -296,8 +471,11 @@ class JobRegistry(TrackedActor):
                            interrupted, given_up)
 
     def _schedule_purge(self) -> None:
-        interval = min(max(self.settings.retention_s / 10, 1.0), 60.0)
-        self.timers.tell_later(interval, self.actor_ref, PurgeExpired())
+        self.timers.tell_later(self.RETENTION_CHECK_S, self.actor_ref, PurgeExpired())
+
+    def _maintain_interval_s(self) -> float:
+        """How often the store compacts: a tenth of the retention age, 1 s to a minute."""
+        return min(max(self.settings.retention_s / 10, 1.0), 60.0)
 
     def _inspect(self) -> dict[str, Any]:
         return {
@@ -309,6 +487,10 @@ class JobRegistry(TrackedActor):
             "store": self.store.describe(),
             "admission_refused": sorted(kind.value for kind in self.refused),
             "illegal_transitions": self.illegal_transitions,
+            "store_writable": not self.parked and self.store_error is None,
+            "store_error": self.store_error,
+            "parked_writes": len(self.parked),
+            "store_failures": self.store_failures,
         }
 
 

@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 
 STORE_ERRORS = (StoreUnavailable, psycopg.Error)
 """What a store call may raise when the database is away; the actor must survive it."""
+VIEW_MAX_AGE_S = 1.0
+"""How old the database's counts in a snapshot (and a health probe) may be."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class SharedDispatcher(Dispatcher):
@@ -67,6 +73,10 @@ class SharedDispatcher(Dispatcher):
         self.leases = store.leases  # held from the claim until the outcome is written
         self.fenced = False
         self._keeper: LeaseKeeper | None = None
+        self.store_error: str | None = None  # the last inspection's failure, if it failed
+        self.store_latency_ms: float | None = None
+        self._view: tuple[Any, Any, Any] | None = None
+        self._view_at = float("-inf")
         self.claims = 0
         self.claimed = 0
         self.reaped = 0
@@ -319,18 +329,34 @@ class SharedDispatcher(Dispatcher):
             return None
         return position, self._estimate(job.kind, position)
 
-    def _inspect(self) -> dict[str, Any]:
-        answer = super()._inspect()
-        answer["shared"] = self._shared_view()
-        if self.fenced:  # the database is not answering: the local view, at once
-            return answer
+    def _read_store_view(self) -> tuple[Any, Any, Any] | None:
+        """The database's counts, pauses and slots, read at most once per ``VIEW_MAX_AGE_S``.
+
+        Health probes and snapshots come often (each unauthenticated ``/health`` is
+        one); they share one reading, which also measures the store's latency.
+        """
+        now = time.monotonic()
+        if self._view is not None and now - self._view_at < VIEW_MAX_AGE_S:
+            return self._view
         try:
-            counts = self.store.counts()
-            paused = self.store.paused()
-            in_flight = self.store.in_flight()
+            view = (self.store.counts(), self.store.paused(), self.store.in_flight())
         except STORE_ERRORS as exc:
             self._failed("inspection", exc)
+            self.store_error = _first_line(exc)
+            self._view, self._view_at = None, now
+            return None
+        self.store_latency_ms = round((time.monotonic() - now) * 1000, 1)
+        self.store_error = None
+        self._view, self._view_at = view, now
+        return view
+
+    def _inspect(self) -> dict[str, Any]:
+        answer = super()._inspect()
+        view = None if self.fenced else self._read_store_view()  # fenced: answer at once
+        answer["shared"] = self._shared_view()
+        if view is None:
             return answer
+        counts, paused, in_flight = view
         for kind in JobKind:
             view = answer["kinds"][kind.value]
             view["waiting"] = counts[kind, JobState.QUEUED]
@@ -350,5 +376,7 @@ class SharedDispatcher(Dispatcher):
             "fenced": self.fenced,
             "leases": self._keeper.describe() if self._keeper is not None else None,
             "store_failures": self.store_failures, "beat_s": self.beat_s,
+            "store_reachable": self.store_error is None and not self.fenced,
+            "store_error": self.store_error, "store_latency_ms": self.store_latency_ms,
             "listening": self._listener is not None and self._listener.alive,
         }

@@ -73,6 +73,7 @@ def assemble_snapshot(
         "all_instances_open": dispatch["all_instances_open"],
         "shared_queue": dispatch.get("shared"),  # None unless the store is shared (postgres)
         "registry": {k: v for k, v in records.items() if k != "counts"},
+        "store": _store(records, dispatch.get("shared")),
         "supabase": supabase,
         "timers_pending": timers_pending,
         "actors": actors + workers,
@@ -87,3 +88,21 @@ def _instances(routing: list[dict[str, Any]], readings: Any) -> list[dict[str, A
          "reachable": bool(by_url.get(item["url"], {}).get("reachable", False))}
         for item in routing
     ]
+
+
+def _store(records: dict[str, Any], shared: dict[str, Any] | None) -> dict[str, Any]:
+    """The job store as a component of health: reachable, writable, latency, last error."""
+    kind = (records.get("store") or {}).get("kind")
+    writable = bool(records.get("store_writable", True))
+    error = records.get("store_error")
+    latency_ms = None
+    reachable = True
+    if shared is not None:  # the shared store: the Dispatcher's last reading of it
+        reachable = bool(shared.get("store_reachable", True)) and not shared.get("fenced")
+        latency_ms = shared.get("store_latency_ms")
+        error = error or shared.get("store_error")
+        if shared.get("fenced"):
+            error = error or "leases cannot be renewed: this instance is fenced"
+    return {"kind": kind, "reachable": reachable, "writable": writable and reachable,
+            "latency_ms": latency_ms, "last_error": error,
+            "parked_writes": records.get("parked_writes", 0)}

@@ -46,10 +46,12 @@ from actors.messages import (
     Inspect,
     ListJobs,
     Pause,
+    Ping,
     QueuePosition,
     RequeueFailed,
     Resume,
     StopWorkers,
+    SubmitTicket,
 )
 from actors.metrics import JobMetrics
 from actors.python_api import PythonApiClient
@@ -65,6 +67,11 @@ from actors.tracked import mailbox_depth
 from actors.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
 
 logger = logging.getLogger(__name__)
+
+STORE_WRITE_WAIT_S = 15.0
+"""How long a submitter waits, past its ask timeout, for a write the registry has begun."""
+UNKNOWN_PLACE = (-1, -1.0)
+"""The place of a job that was stored while its submitter stopped waiting for the answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +264,21 @@ class JobSystem:
         return (self._state == "running" and writer_alive
                 and all(r is not None and r.is_alive() for r in refs))
 
+    def responsive(self, timeout_s: float = 3.0) -> bool:
+        """Whether the core actors are alive and each answers a ping within ``timeout_s``.
+
+        What liveness means: threads that exist but never answer (a deadlock, a call
+        stuck for good) are as dead as threads that are gone. True while draining.
+        """
+        refs = (self._registry, self._dispatcher, self._watchdog)
+        if self._state == "stopped" or any(r is None or not r.is_alive() for r in refs):
+            return False
+        try:
+            futures = [r.ask(Ping(), block=False) for r in refs if r is not None]
+            return all(f.get(timeout=timeout_s) is True for f in futures)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return False
+
     @property
     def supabase_configured(self) -> bool:
         """Whether results are stored in Supabase (``SUPABASE_URL`` and its key are set)."""
@@ -306,17 +328,38 @@ class JobSystem:
         )
         # One round trip: the registry stores it, the Dispatcher answers where it stands.
         reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        ticket = SubmitTicket()
         try:
-            self._refs()[1].tell(AddJob(job=job, reply=reply))
+            self._refs()[1].tell(AddJob(job=job, reply=reply, ticket=ticket))
             answer = reply.get(timeout=self.settings.ask_timeout_s)
         except pykka.ActorDeadError as exc:
             raise ShuttingDown() from exc
         except pykka.Timeout as exc:
-            raise JobSystemUnavailable() from exc
+            if ticket.give_up():
+                raise JobSystemUnavailable() from exc  # nothing stored, nothing will be
+            answer = self._late_answer(job, reply, ticket)
         if isinstance(answer, QueueError):
             raise answer
         stored, where = answer
         return _submission(stored, where)
+
+    def _late_answer(self, job: Job, reply: pykka.ThreadingFuture[Any],
+                     ticket: SubmitTicket) -> Any:
+        """The answer of a submission the registry began storing before we gave up on it.
+
+        The store's own timeouts bound the write; once the job is stored it is
+        accepted, its place unknown (``None``) if the Dispatcher is slow to say.
+        """
+        for _ in range(2):
+            try:
+                return reply.get(timeout=STORE_WRITE_WAIT_S)
+            except pykka.Timeout:
+                if ticket.stored.is_set():
+                    break
+        if not ticket.stored.is_set():
+            raise JobSystemUnavailable()  # the write is stuck past every bound: not accepted
+        logger.warning("job %s: stored, but its place in the queue is not known yet", job.id)
+        return job.replace(state=JobState.QUEUED), UNKNOWN_PLACE
 
     def _submission(self, job: Job) -> Submission:
         return _submission(job, self._ask(self._refs()[0], QueuePosition(job_id=job.id)))

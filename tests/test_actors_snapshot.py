@@ -58,7 +58,7 @@ def test_snapshot_is_plain_data_covering_every_actor_and_kind(
         assert [job["job_id"] for job in snapshot["running_jobs"]] == [running]
         assert snapshot["running_jobs"][0]["attempt"] == 1
         assert snapshot["pools"]["video"] == {"size": 1, "alive": 1, "busy": 1, "restarts": 0,
-                                              "failed": False}
+                                              "failed": False, "revivals": 0}
         assert snapshot["supervisor"] == {"restarts": 0, "failed_pools": []}
         assert set(snapshot["memory"]) >= {"process_rss_mb", "python_api", "threshold_mb",
                                            "max_memory_mb", "pressure", "admission_refused"}

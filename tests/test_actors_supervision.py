@@ -17,6 +17,7 @@ import pytest
 from actors import JobKind, JobState, JobSystem, Settings
 from tests.standin import PythonApiStandIn, Reply
 from tests.test_actors_support import question, started, video, wait_state, wait_until
+from tests.web_support import make_app
 
 TRICKLE = Reply(body={"success": True, "message": "x" * 2000, "result": None},
                 trickle_interval_s=0.05)
@@ -139,3 +140,23 @@ def test_a_worker_that_died_while_idle_does_not_strand_the_next_job(
     finally:
         for ref in refs:  # keep a zombie from failing every later test
             pykka.ActorRegistry.unregister(ref)
+
+
+def test_a_pool_whose_restarts_are_used_up_starts_again_after_its_window(
+        fast_settings: Settings, standin: PythonApiStandIn) -> None:
+    settings = fast_settings.replace(max_concurrent_videos=1, retry_attempts=3,
+                                     worker_max_restarts=1, worker_restart_window_s=3.0)
+    standin.script("process-video", TRICKLE, TRICKLE)  # the third attempt is answered
+    with started(settings) as system:
+        client = make_app(system).test_client()
+        job_id = system.submit(JobKind.VIDEO, video(1)).job.id
+        kill_the_busy_video_worker(standin, calls=1)
+        kill_the_busy_video_worker(standin, calls=2)
+        wait_until(lambda: video_pool(system)["failed"], "the video pool to be reported failed")
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and "no live video worker" in ready.json["reasons"]
+        # After its window the pool starts its workers again; the job's last attempt runs.
+        assert wait_state(system, job_id, timeout=30).state == JobState.COMPLETED
+        pool = video_pool(system)
+        assert pool["revivals"] == 1 and pool["failed"] is False and pool["alive"] == 1
+        assert client.get("/health/ready").status_code == 200

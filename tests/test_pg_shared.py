@@ -21,7 +21,7 @@ from actors.errors import DuplicateJob, JobNotFound, JobStateConflict
 from actors.pg_store import PostgresJobStore
 from tests import pg_server
 from tests.postgrest_standin import SERVICE_KEY, PostgrestStandIn
-from tests.standin import PythonApiStandIn
+from tests.standin import PythonApiStandIn, Reply
 from tests.supabase_support import seeded
 from tests.test_actors_support import wait_until
 
@@ -121,7 +121,7 @@ def test_pause_cancel_and_duplicates_are_global(start: Start,
         return all(s.snapshot()["kinds"]["qa"]["pause_reasons"] == ["operator"]
                    for s in (a, b))
 
-    assert paused_everywhere()
+    assert wait_until(paused_everywhere)  # snapshots read the database at most once a second
     assert a.get(waiting.id).state == JobState.QUEUED
     assert b.cancel(waiting.id).state == JobState.CANCELLED  # queued on b, cancelled from a
     with pytest.raises(JobStateConflict):
@@ -135,6 +135,23 @@ def test_pause_cancel_and_duplicates_are_global(start: Start,
     with pytest.raises(DuplicateJob):
         b.submit(VIDEO, video(1), dedupe_key="acme:v1")
     standin.release("process-video")
+
+
+def test_retrying_a_failed_video_while_the_same_video_is_active_again_is_409(
+        start: Start, standin: PythonApiStandIn) -> None:
+    a, b = start(), start()
+    standin.script("process-video", Reply(status=400))  # fails for good, at once
+    failed = a.submit(VIDEO, video(2), dedupe_key="acme:v2").job
+    assert wait_until(lambda: a.get(failed.id).state == JobState.FAILED)
+    standin.hold("process-video")
+    try:
+        again = b.submit(VIDEO, video(2), dedupe_key="acme:v2").job  # active again
+        with pytest.raises(DuplicateJob) as refused:
+            a.retry(failed.id)  # was a raw UniqueViolation (500)
+        assert refused.value.existing_job_id == again.id
+        assert a.get(failed.id).state == JobState.FAILED
+    finally:
+        standin.release("process-video")
 
 
 def test_a_failed_attempt_is_retried_by_whichever_instance_is_free(

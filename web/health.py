@@ -2,12 +2,16 @@
 
 ``/health`` answers 200 ``healthy`` or ``degraded`` (a queue paused, memory pressure, the
 Python API unreachable or unhealthy, draining, Supabase configured but unreachable) and
-503 ``unhealthy`` when an actor of the core is dead or the core does not answer.
+503 ``unhealthy`` when an actor of the core is dead or the core does not answer, the job
+store cannot be reached or written (``health.store``: reachable, writable, latency, last
+error), or a kind has no live worker.
 ``memory.node`` repeats ``memory.process`` for the dashboards built on the Node backend;
 ``health.supabase`` is ``{configured, reachable}`` (``reachable`` null when not configured).
-``/health/live`` is 200 whenever the process answers; ``/health/ready`` is 200 while the
-core is alive and accepting, else 503 with ``Retry-After`` (a draining instance must leave
-the load balancer). All three are exempt from the rate limit and need no token.
+``/health/live`` is 200 while the core actors answer a ping (within ``LIVE_TIMEOUT_S``), 503
+when one is dead or stuck, so the platform restarts the process; ``/health/ready`` is 200
+while the core is alive, accepting and not unhealthy, else 503 with ``Retry-After`` (a
+draining instance must leave the load balancer) and the reasons. All three are exempt from
+the rate limit and need no token.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 NOT_READY_RETRY_AFTER_S = 10
+LIVE_TIMEOUT_S = 3.0
+"""How long each core actor may take to answer the liveness ping (Docker's check allows 4 s)."""
 
 
 @bp.get("/health")
@@ -39,36 +45,64 @@ def health() -> Response:
         logger.warning("health: job system did not answer: %s", exc)
         return _reply(503, "unhealthy", ["job system not answering"], None)
     reasons = _degraded_reasons(snapshot)
+    broken = _unhealthy_reasons(snapshot)
     if not alive:
-        return _reply(503, "unhealthy", ["an actor of the job system is dead", *reasons],
-                      snapshot)
+        broken.insert(0, "an actor of the job system is dead")
+    if broken:
+        return _reply(503, "unhealthy", [*broken, *reasons], snapshot)
     return _reply(200, "degraded" if reasons else "healthy", reasons, snapshot)
 
 
 @bp.get("/health/live")
 def live() -> Response:
-    """Answer 200 whenever the process answers."""
-    return jsonify({"status": "alive", "timestamp": iso(time.time())})
+    """Answer 200 while the core actors answer a ping, else 503 (restart me)."""
+    try:
+        answering = job_system().responsive(LIVE_TIMEOUT_S)
+    except Exception as exc:  # a probe answers, it does not crash
+        logger.warning("liveness: job system did not answer: %s", exc)
+        answering = False
+    response = jsonify({"status": "alive" if answering else "not answering",
+                        "timestamp": iso(time.time())})
+    if not answering:
+        response.status_code = 503
+    return response
 
 
 @bp.get("/health/ready")
 def ready() -> Response:
     """Answer 200 while the core is alive and accepting jobs, else 503 with Retry-After."""
     system = job_system()
+    broken: list[str] = []
     try:
         alive, accepting = system.alive, system.accepting
+        if alive and accepting:
+            broken = _unhealthy_reasons(system.snapshot())
     except Exception as exc:  # same as above: a probe answers, it does not crash
         logger.warning("readiness: job system did not answer: %s", exc)
         alive = accepting = False
     reasons = [text for ok, text in ((alive, "job system not alive"),
                                      (accepting, "not accepting jobs (draining or stopped)"))
-               if not ok]
+               if not ok] + broken
     response = jsonify({"status": "not ready" if reasons else "ready", "reasons": reasons,
                         "timestamp": iso(time.time())})
     if reasons:
         response.status_code = 503
         response.headers["Retry-After"] = str(NOT_READY_RETRY_AFTER_S)
     return response
+
+
+def _unhealthy_reasons(snapshot: dict[str, Any]) -> list[str]:
+    """What makes this instance unable to do its work (503): store, workers."""
+    reasons: list[str] = []
+    store = snapshot.get("store") or {}
+    if not store.get("reachable", True):
+        reasons.append(f"job store unreachable ({store.get('last_error') or 'no answer'})")
+    elif not store.get("writable", True):
+        reasons.append(f"job store not writable ({store.get('last_error') or 'failing'});"
+                       f" {store.get('parked_writes', 0)} change(s) waiting to be written")
+    reasons += [f"no live {kind} worker" for kind, pool in (snapshot.get("pools") or {}).items()
+                if not pool.get("alive")]
+    return reasons
 
 
 def _degraded_reasons(snapshot: dict[str, Any]) -> list[str]:
@@ -91,7 +125,7 @@ def _degraded_reasons(snapshot: dict[str, Any]) -> list[str]:
     else:
         reasons += [f"Python API {i['url']} {i['state']}" for i in snapshot.get("instances", [])
                     if len(snapshot.get("instances", [])) > 1 and i.get("state") != "ok"]
-    reasons += [f"{kind} worker pool failed (restarts used up)"
+    reasons += [f"{kind} worker pool failed (restarts used up; it starts again after a while)"
                 for kind in snapshot.get("supervisor", {}).get("failed_pools", [])]
     supabase = snapshot.get("supabase") or {}
     if supabase.get("configured") and not supabase.get("reachable"):
@@ -118,6 +152,7 @@ def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
     kinds = snapshot.get("kinds", {})
     pools = snapshot.get("pools", {})
     supabase = snapshot.get("supabase") or {}
+    store = snapshot.get("store") or {}
     return {
         "memory": {
             "process": process,
@@ -146,4 +181,8 @@ def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
         "draining": bool(snapshot.get("draining", False)),
         "supabase": {"configured": bool(supabase.get("configured", False)),
                      "reachable": supabase.get("reachable")},
+        "store": {"kind": store.get("kind"), "reachable": bool(store.get("reachable", True)),
+                  "writable": bool(store.get("writable", True)),
+                  "latencyMs": store.get("latency_ms"), "lastError": store.get("last_error"),
+                  "parkedWrites": store.get("parked_writes", 0)},
     }

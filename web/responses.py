@@ -39,7 +39,8 @@ class AcceptedData(_Doc):
     jobId: str
     type: Kind
     queuePosition: int = Field(description="1-based among waiting jobs of its kind; 0 when a "
-                                           "worker already has it.")
+                                           "worker already has it; -1 when it is stored but "
+                                           "its place was not known in time.")
     estimatedWaitTime: str = Field(description="A human range, e.g. '10-30 seconds'.")
     estimatedWaitSeconds: float
     status: Literal["queued", "processing"] = Field(
