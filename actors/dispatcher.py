@@ -155,7 +155,7 @@ class Dispatcher(TrackedActor):
                     self._enqueue(job)
                 self._dispatch()
                 if reply is not None:  # a submitter waits: where its job stands now
-                    reply.set((jobs[0], self._position(jobs[0].id)))
+                    reply.set((jobs[0], self._position(jobs[0].id, jobs[0].kind)))
             case JobSucceeded():
                 self._on_succeeded(message)
             case JobFailed():
@@ -580,7 +580,7 @@ class Dispatcher(TrackedActor):
         return estimate_wait_s(position, running=running, slots=self.pools[kind].size,
                                duration_s=self.durations[kind].seconds)
 
-    def _position(self, job_id: str) -> tuple[int, float] | None:
+    def _position(self, job_id: str, kind: JobKind | None = None) -> tuple[int, float] | None:
         position = self.waiting.position(job_id, self.clock.time())
         if position is None:
             return None

@@ -318,16 +318,19 @@ class SharedDispatcher(Dispatcher):
 
     # --- questions -----------------------------------------------------------------
 
-    def _position(self, job_id: str) -> tuple[int, float] | None:
+    def _position(self, job_id: str, kind: JobKind | None = None) -> tuple[int, float] | None:
+        """The job's place, one round trip when its kind is known (a submission's reply)."""
         try:
             position = self.store.position(job_id, self.clock.time(), self.settings.aging_s)
-            job = self.store.get(job_id) if position is not None else None
+            if position is not None and kind is None:
+                job = self.store.get(job_id)
+                kind = job.kind if job is not None else None
         except STORE_ERRORS as exc:
             self._failed("queue position", exc)
             return None
-        if position is None or job is None:
+        if position is None or kind is None:
             return None
-        return position, self._estimate(job.kind, position)
+        return position, self._estimate(kind, position)
 
     def _read_store_view(self) -> tuple[Any, Any, Any] | None:
         """The database's counts, pauses and slots, read at most once per ``VIEW_MAX_AGE_S``.
