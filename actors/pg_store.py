@@ -40,6 +40,7 @@ from actors.pg_schema import (
     JOB_COLUMNS,
     SCHEMA_VERSION,
     job_params,
+    lock_key_sql,
     migrate,
     redact,
     row_to_job,
@@ -303,22 +304,29 @@ class PostgresJobStore(SharedQueue):
         return int(row[0]) if row else 0
 
     def prune_finished(
-        self, *, keep: int | None = None, finished_before: float | None = None
+        self, *, keep: int | None = None, finished_before: float | None = None,
+        limit: int | None = None,
     ) -> StateCounts:
-        """Delete the oldest finished jobs past ``keep`` or finished before a time."""
+        """Delete finished jobs, oldest finish first: past ``keep``, or finished before a time.
+
+        ``limit`` bounds one call; alone, it deletes the ``limit`` oldest finished jobs (the
+        registry's batches, sized from its counts). A batch is one statement on a range of
+        one index. Instances prune one at a time: one that finds another's batch running
+        deletes nothing (its next pass counts again) instead of deleting the same excess.
+        """
         removed: StateCounts = Counter()
-        with self._tx() as conn:
+        left = limit
+        with self._conn() as conn:
             if finished_before is not None:
-                rows = conn.execute(f"DELETE FROM qudemo_jobs WHERE state IN {FINISHED_SQL}"
-                                    " AND finished_at < %s RETURNING kind, state",
-                                    (finished_before,)).fetchall()
-                removed.update((JobKind(k), JobState(s)) for k, s in rows)
-            if keep is not None:
-                rows = conn.execute(
-                    f"DELETE FROM qudemo_jobs WHERE id IN (SELECT id FROM qudemo_jobs"
-                    f" WHERE state IN {FINISHED_SQL} ORDER BY finished_at DESC, seq DESC"
-                    " OFFSET %s) RETURNING kind, state", (max(0, keep),)).fetchall()
-                removed.update((JobKind(k), JobState(s)) for k, s in rows)
+                removed = _delete_oldest(conn, left, finished_before)
+                left = None if left is None else left - removed.total()
+            if keep is not None:  # counts the finished jobs: for callers without counts
+                row = conn.execute("SELECT count(*) FROM qudemo_jobs"
+                                   f" WHERE state IN {FINISHED_SQL}").fetchone()
+                excess = max(0, (int(row[0]) if row else 0) - max(0, keep))
+                removed += _delete_oldest(conn, excess if left is None else min(excess, left))
+            elif finished_before is None and left is not None:
+                removed = _delete_oldest(conn, left)
         return removed
 
     def remove(self, job_ids: Iterable[str]) -> None:
@@ -349,6 +357,33 @@ class PostgresJobStore(SharedQueue):
         self._listeners.clear()
         self._pool.close()
         self._watch.stop()
+
+
+_PRUNE_SQL = (
+    "WITH doomed AS (SELECT id FROM qudemo_jobs WHERE state IN " + FINISHED_SQL + "{age}"
+    " AND (SELECT pg_try_advisory_xact_lock(" + lock_key_sql("'retention'") + "))"
+    " ORDER BY finished_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " DELETE FROM qudemo_jobs j USING doomed WHERE j.id = doomed.id"
+    " AND j.state IN " + FINISHED_SQL + " RETURNING j.kind, j.state"
+)
+"""One batch of retention, oldest finish first (``qudemo_jobs_finished_order``).
+
+The advisory lock is only tried (one instance prunes at a time, nobody waits);
+``FOR UPDATE`` re-checks a row another transaction changed meanwhile (a failed
+job retried is no longer finished, and stays), ``SKIP LOCKED`` passes rows
+being written instead of waiting for them.
+"""
+
+
+def _delete_oldest(conn: psycopg.Connection[Any], count: int | None,
+                   finished_before: float | None = None) -> StateCounts:
+    """Delete up to ``count`` (``None``: all) oldest finished jobs, optionally only older."""
+    if count is not None and count <= 0:
+        return Counter()
+    age = "" if finished_before is None else " AND finished_at < %(before)s"
+    rows = conn.execute(_PRUNE_SQL.format(age=age),
+                        {"limit": count, "before": finished_before}).fetchall()
+    return Counter((JobKind(k), JobState(s)) for k, s in rows)
 
 
 def _reason(exc: BaseException) -> str:

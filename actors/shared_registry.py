@@ -100,16 +100,18 @@ class SharedJobRegistry(JobRegistry):
     def on_receive(self, message: Any) -> Any:
         """Route one message; a store that is down fails the question, not the actor."""
         try:
-            if isinstance(message, PurgeExpired):
-                # Other instances finish jobs too: the count bound is enforced on every
-                # retention pass, not only after this instance's own finishes.
+            if isinstance(message, PurgeExpired) and not self._purge_chained:
+                # Other instances finish (and prune) jobs too: each timer pass starts from
+                # the global counts, read now; the passes that continue a trim go on
+                # from the counts the trim has kept current.
                 self._refresh_counts(force=True)
-                if self.finished_total() > self.settings.retention_max_jobs:
-                    self._prune(keep=self.settings.retention_max_jobs, reason="retention count")
             return super().on_receive(message)
         except StoreUnavailable as exc:
             # A tell that fails here would stop the actor; outcomes lost this way come
-            # back through lease expiry, like those of an instance that died.
+            # back through lease expiry, like those of an instance that died: stop
+            # renewing the job's lease, or nobody could ever take it back.
+            if isinstance(message, Transition):
+                self.store.leases.release(message.job_id)
             logger.error("job store unavailable while handling %s: %s",
                          type(message).__name__, exc)
             return exc
@@ -156,8 +158,6 @@ class SharedJobRegistry(JobRegistry):
         self.counts[new.kind, new.state] += 1
         if new.state in FINISHED_STATES:
             self.metrics.job_finished(new.kind, new.state)
-            if self.finished_total() > self.settings.retention_max_jobs:
-                self._prune(keep=self.settings.retention_max_jobs, reason="retention count")
 
     def _record_result(self, job_id: str, result: Any) -> None:
         job = self.store.get(job_id)

@@ -8,15 +8,20 @@ at the cost of an fsync per change.
 
 Size: ``auto_vacuum=INCREMENTAL`` is set when the file is created; after
 retention removes rows their pages are given back (``incremental_vacuum``)
-and the WAL is checkpointed and truncated, on every periodic retention pass
-(``maintain``) and at close, so the files do not grow without bound.
+and the WAL is checkpointed and truncated, by the retention timer (``maintain``,
+every tenth of the retention age, 1 s to a minute) and at close, so the files do
+not grow without bound. Retention deletes in batches, oldest finish first, each
+a range of one index.
 
 Schema: versioned with ``PRAGMA user_version`` and migrated at open. A file
 that is not a database, or whose schema is newer than this program knows,
 stops the start with a clear message and is never written to.
 
 One process owns the file at a time (an exclusive ``flock`` on ``<path>.lock``):
-a second process would recover and run the same jobs twice.
+a second process would recover and run the same jobs twice. A process that
+replaces the owner (the new gunicorn worker of a reload, booted while the old
+one drains) is told so with ``expect_handover`` and waits for the lock, for a
+bounded time, instead of refusing at once.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from actors.errors import StoreUnavailable
-from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState, dumps
+from actors.jobs import ACTIVE_STATES, Job, JobKind, JobState, dumps
 from actors.store import JobList, StateCounts
 
-__all__ = ["SqliteJobStore", "StoreUnavailable"]
+__all__ = ["SqliteJobStore", "StoreUnavailable", "expect_handover"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +64,65 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX jobs_owner ON jobs (owner, seq);
     """,
+    # 2: retention takes the oldest finished jobs in finish order from one index (a batch
+    # is an index range, never a sort of every finished row); the index holds finished
+    # jobs only. Its WHERE is the queries' _FINISHED_WHERE, word for word.
+    """
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished_order ON jobs (finished_at, seq)
+        WHERE state IN ('completed', 'failed', 'cancelled');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-_FINISHED = tuple(s.value for s in FINISHED_STATES)
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+_FINISHED_WHERE = "state IN ('completed', 'failed', 'cancelled')"
+"""Finished jobs, as literals: SQLite uses a partial index only for its own WHERE term."""
+_OLDEST_FINISHED = ("SELECT id FROM jobs INDEXED BY jobs_finished_order"
+                    f" WHERE {_FINISHED_WHERE}{{age}} ORDER BY finished_at, seq LIMIT ?")
+"""The oldest finished jobs; ``INDEXED BY`` fails the statement rather than sort them all."""
 
 
 def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
+
+
+@dataclass(frozen=True)
+class _Handover:
+    previous: str
+    timeout_s: float
+    heartbeat: Callable[[], None] | None
+    on_timeout: Callable[[], None] | None
+    poll_s: float
+
+
+_handover: _Handover | None = None
+
+
+def expect_handover(previous: str, timeout_s: float, *,
+                    heartbeat: Callable[[], None] | None = None,
+                    on_timeout: Callable[[], None] | None = None, poll_s: float = 0.1) -> None:
+    """Make the next store opened in this process wait for the lock ``previous`` holds.
+
+    For a process that replaces the owner while it stops: gunicorn's reload boots
+    the new worker before the old one has drained (``gunicorn.conf.py``, ``post_fork``).
+    The store then polls the lock every ``poll_s`` for up to ``timeout_s`` (logging that
+    it waits for ``previous`` to hand over) instead of refusing at once, and calls
+    ``heartbeat`` between polls (the worker's liveness signal; it may raise to give up).
+    When ``timeout_s`` passes without the lock, ``on_timeout`` is called (it may raise
+    instead), then the open fails with ``StoreUnavailable``. Once: the open after that
+    one refuses at once again.
+    """
+    global _handover
+    _handover = _Handover(previous, timeout_s, heartbeat, on_timeout, poll_s)
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    """Take the exclusive lock on ``lock`` if it is free; never blocks."""
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held elsewhere (EWOULDBLOCK), or the file system cannot lock
+        return False
+    return True
 
 
 class SqliteJobStore:
@@ -89,16 +147,47 @@ class SqliteJobStore:
     # --- opening -------------------------------------------------------------------
 
     def _take_lock(self) -> None:
+        global _handover
+        handover, _handover = _handover, None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            taken = _try_lock(lock)
+            if not taken and handover is not None:
+                taken = self._wait_for_lock(lock, handover)
+        except BaseException:
             lock.close()
+            raise
+        if not taken:
+            lock.close()
+            if handover is not None:
+                raise StoreUnavailable(
+                    f"the job store {self.path} is still in use after waiting "
+                    f"{handover.timeout_s:g} s for {handover.previous} to hand it over; "
+                    "one process owns it")
             raise StoreUnavailable(
-                f"the job store {self.path} is in use by another process; one process owns it"
-            ) from None
+                f"the job store {self.path} is in use by another process; one process owns it")
         self._lock_file = lock
+
+    def _wait_for_lock(self, lock: IO[str], handover: _Handover) -> bool:
+        """Poll the lock until it is free or ``handover.timeout_s`` has passed."""
+        started = time.monotonic()
+        deadline = started + handover.timeout_s
+        logger.info("waiting for %s to hand over the job store %s (up to %g s)",
+                    handover.previous, self.path, handover.timeout_s)
+        while time.monotonic() < deadline:
+            if handover.heartbeat is not None:
+                handover.heartbeat()
+            time.sleep(min(handover.poll_s, max(0.0, deadline - time.monotonic())))
+            if _try_lock(lock):
+                logger.info("took over the job store %s from %s after %.1f s",
+                            self.path, handover.previous, time.monotonic() - started)
+                return True
+        logger.error("%s did not hand over the job store %s within %g s",
+                     handover.previous, self.path, handover.timeout_s)
+        if handover.on_timeout is not None:
+            handover.on_timeout()
+        return False
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
@@ -207,26 +296,39 @@ class SqliteJobStore:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[0])
 
     def prune_finished(
-        self, *, keep: int | None = None, finished_before: float | None = None
+        self, *, keep: int | None = None, finished_before: float | None = None,
+        limit: int | None = None,
     ) -> StateCounts:
-        """Delete the oldest finished jobs past ``keep`` or finished before a time."""
+        """Delete finished jobs, oldest finish first: past ``keep``, or finished before a time.
+
+        ``limit`` bounds one call; alone, it deletes the ``limit`` oldest finished jobs (the
+        registry's batches, sized from its own counts). Each batch is a range of one index.
+        """
         removed: StateCounts = Counter()
+        left = limit
         if finished_before is not None:
-            rows = self._db.execute(
-                f"DELETE FROM jobs WHERE state IN ({_marks(_FINISHED)}) AND finished_at < ?"
-                " RETURNING kind, state", (*_FINISHED, finished_before)).fetchall()
-            removed.update((JobKind(k), JobState(s)) for k, s in rows)
-        if keep is not None:
-            total = self._db.execute(
-                f"SELECT count(*) FROM jobs WHERE state IN ({_marks(_FINISHED)})", _FINISHED
-            ).fetchone()[0]
-            if total > keep:
-                rows = self._db.execute(
-                    f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN"
-                    f" ({_marks(_FINISHED)}) ORDER BY finished_at LIMIT ?) RETURNING kind, state",
-                    (*_FINISHED, total - keep)).fetchall()
-                removed.update((JobKind(k), JobState(s)) for k, s in rows)
+            removed = self._delete_oldest(left, finished_before)
+            left = None if left is None else left - removed.total()
+        if keep is not None:  # counts the finished jobs: for callers without counts
+            total = self._db.execute("SELECT count(*) FROM jobs INDEXED BY jobs_finished_order"
+                                     f" WHERE {_FINISHED_WHERE}").fetchone()[0]
+            excess = max(0, total - max(0, keep))
+            removed += self._delete_oldest(excess if left is None else min(excess, left))
+        elif finished_before is None and left is not None:
+            removed = self._delete_oldest(left)
         return removed
+
+    def _delete_oldest(self, count: int | None, finished_before: float | None = None
+                       ) -> StateCounts:
+        """Delete up to ``count`` (``None``: all) oldest finished jobs, optionally only older."""
+        if count is not None and count <= 0:
+            return Counter()
+        age, args = ("", ()) if finished_before is None else (" AND finished_at < ?",
+                                                             (finished_before,))
+        rows = self._db.execute(
+            f"DELETE FROM jobs WHERE id IN ({_OLDEST_FINISHED.format(age=age)})"
+            " RETURNING kind, state", (*args, -1 if count is None else count)).fetchall()
+        return Counter((JobKind(k), JobState(s)) for k, s in rows)
 
     def maintain(self) -> None:
         """Give freed pages back to the file system and truncate the WAL."""

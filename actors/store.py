@@ -82,11 +82,15 @@ class JobStore(Protocol):
         ...
 
     def prune_finished(
-        self, *, keep: int | None = None, finished_before: float | None = None
+        self, *, keep: int | None = None, finished_before: float | None = None,
+        limit: int | None = None,
     ) -> StateCounts:
-        """Remove the oldest finished jobs beyond ``keep`` or finished before a time.
+        """Remove finished jobs, oldest finish first: beyond ``keep``, or finished before a time.
 
-        Returns how many were removed per (kind, state).
+        ``limit`` bounds how many one call removes; given alone, the ``limit`` oldest
+        finished jobs go. The registry asks only that way, in batches sized from its
+        own counts, so no call counts the store's rows; ``keep`` does (for callers
+        without counts). Returns how many were removed per (kind, state).
         """
         ...
 
@@ -95,7 +99,7 @@ class JobStore(Protocol):
         ...
 
     def maintain(self) -> None:
-        """Periodic housekeeping (compaction), called on every retention pass."""
+        """Periodic housekeeping (compaction), from the retention timer (every 1 s to 1 min)."""
         ...
 
     def describe(self) -> dict[str, object]:
@@ -168,15 +172,17 @@ class MemoryJobStore:
         return max((j.seq for j in self._jobs.values()), default=0)
 
     def prune_finished(
-        self, *, keep: int | None = None, finished_before: float | None = None
+        self, *, keep: int | None = None, finished_before: float | None = None,
+        limit: int | None = None,
     ) -> StateCounts:
-        """Remove the oldest finished jobs (finish order) past ``keep`` or a time."""
+        """Remove the oldest finished jobs (finish order) past ``keep`` or a time, or ``limit``."""
         removed: StateCounts = Counter()
-        while self._finished:
+        oldest = keep is None and finished_before is None and limit is not None
+        while self._finished and (limit is None or removed.total() < limit):
             job_id, finished_at = next(iter(self._finished.items()))
             too_many = keep is not None and len(self._finished) > keep
             too_old = finished_before is not None and finished_at < finished_before
-            if not (too_many or too_old):
+            if not (oldest or too_many or too_old):
                 break
             del self._finished[job_id]
             job = self._jobs.pop(job_id)

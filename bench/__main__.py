@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -e '.[bench]' && .venv/bin/python -m bench [--only NAME ...] [--quick]
 
-Each benchmark is bounded in time (the whole run takes about four minutes on 2 CPUs),
+Each benchmark is bounded in time (the whole run takes about fifteen minutes on 2 CPUs),
 starts what it measures itself, and talks to 127.0.0.1 only. ``--quick`` shortens every
 benchmark for a smoke run, written to a temporary directory (never over the published ones).
 """
@@ -18,7 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chart, core_throughput, http_enqueue, isolation, memory, report
+from bench import (
+    chart,
+    core_throughput,
+    http_enqueue,
+    isolation,
+    memory,
+    report,
+    retention_steady,
+)
 from bench.common import results_dir, use_results_dir
 
 FULL: dict[str, Callable[[], Any]] = {
@@ -26,12 +34,16 @@ FULL: dict[str, Callable[[], Any]] = {
     "core_throughput": lambda: core_throughput.run(jobs=2000, repeat=3),
     "isolation": lambda: isolation.run(questions=400, interval_s=0.005, repeat=3),
     "memory": lambda: memory.run(jobs=10_000, batch=2_000),
+    "retention_steady": lambda: retention_steady.run(jobs=10_000, repeat=3, pg_jobs=2000,
+                                                     pg_repeat=3),
 }
 QUICK: dict[str, Callable[[], Any]] = {
     "http_enqueue": lambda: http_enqueue.run(duration_s=2.0, repeat=1),
     "core_throughput": lambda: core_throughput.run(jobs=300, repeat=1),
     "isolation": lambda: isolation.run(questions=60, interval_s=0.005, repeat=1),
     "memory": lambda: memory.run(jobs=1_000, batch=500),
+    "retention_steady": lambda: retention_steady.run(jobs=300, repeat=1, pg_jobs=200,
+                                                     pg_repeat=1),
 }
 
 

@@ -1,8 +1,9 @@
 """The summary chart, ``bench/results/summary.png``: each benchmark as a ratio to its baseline.
 
-Four panels from ``bench/results/*.json`` (matplotlib, Agg backend): HTTP enqueue and
-core throughput relative to their limits, Q&A latency idle and busy, and RSS over
-retained jobs. A dashed line marks each aim. ``python -m bench.chart`` redraws it.
+Five panels from ``bench/results/*.json`` (matplotlib, Agg backend): HTTP enqueue and
+core throughput relative to their limits, Q&A latency idle and busy, RSS over
+retained jobs, and throughput with retained jobs relative to the empty store. A dashed
+line marks each aim. ``python -m bench.chart`` redraws it.
 """
 
 from __future__ import annotations
@@ -94,16 +95,36 @@ def memory_panel(ax: Any, r: dict[str, Any]) -> None:
                  f"bare {idle['bare_mb']:.0f} MB)", fontsize=10)
 
 
+def steady_panel(ax: Any, r: dict[str, Any]) -> None:
+    """Jobs per second with finished jobs retained, relative to the empty store, aim 0.9."""
+    labels, values, colors, notes = [], [], [], []
+    for store, levels in r["results"].items():
+        for key, f in levels.items():
+            if key == "database":
+                continue
+            labels.append(f"{store}\n{f['retained'] // 1000}k")
+            values.append(f["vs_empty"])
+            colors.append(LIMIT if f["retained"] == 0 else OURS)
+            notes.append(f"{f['jobs_per_s']:.0f}/s")
+    _bars(ax, labels, values, colors, notes)
+    ax.axhline(0.9, ls="--", color="k", lw=0.8)
+    ax.set_ylabel("jobs/s / empty store")
+    ax.set_title(f"Steady state, {r['machine']['date'][:10]}: finished jobs retained",
+                 fontsize=10)
+
+
 def render(path: Path | None = None) -> Path | None:
     """Draw every panel whose results exist; return the PNG's path (``None`` if none)."""
     path = path or results_dir() / "summary.png"
     panels = [(name, draw, read_result(name)) for name, draw in (
         ("http_enqueue", http_panel), ("core_throughput", core_panel),
-        ("isolation", isolation_panel), ("memory", memory_panel))]
+        ("isolation", isolation_panel), ("memory", memory_panel),
+        ("retention_steady", steady_panel))]
     panels = [p for p in panels if p[2] is not None]
     if not panels:
         return None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    columns = max(2, -(-len(panels) // 2))
+    fig, axes = plt.subplots(2, columns, figsize=(5.5 * columns, 8))
     machine = panels[0][2]["machine"]
     for ax, (_, draw, result) in zip(axes.flat, panels, strict=False):
         draw(ax, result)

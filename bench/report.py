@@ -101,8 +101,38 @@ def memory_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def steady_rows(r: dict[str, Any]) -> list[str]:
+    """Rows of the steady-state (retained jobs) benchmark."""
+    rows = []
+    for store, levels in r["results"].items():
+        empty = levels["0"]
+        for key, f in levels.items():
+            if key in ("0", "database"):
+                continue
+            aim = r["aims"].get(f"{store}: {f['retained']:,} retained >= 0.9 x empty", "")
+            rows.append(_row(
+                f"core no-op jobs/s, {store} store, {f['retained']:,} finished jobs retained"
+                f" (cap {f['cap']:,})",
+                f"{f['jobs_per_s']:.0f} jobs/s, {f['cpu_ms_per_job']:.2f} ms CPU/job"
+                f" ({f.get('removed_per_job', 0):.1f} removed per job finished)",
+                f"empty store: {empty['jobs_per_s']:.0f} jobs/s, "
+                f"{empty['cpu_ms_per_job']:.2f} ms CPU/job",
+                f"{f['vs_empty']:.2f}", "≥ 0.9", aim))
+    rows.extend(_row(f"steady state, {store} store", why, "", "", "≥ 0.9", "not run")
+                for store, why in r.get("unavailable", {}).items())
+    return rows
+
+
+def _where(machine: dict[str, Any]) -> str:
+    return (f"Run {machine['date']} on {machine['platform']}, {machine['cpu_count']} CPUs, "
+            f"{machine['memory_gb']} GB, Python {machine['python']}.")
+
+
 def markdown() -> str:
-    """Return the table of every result present, with the date and machine."""
+    """Return the table of every result present, with the date and machine.
+
+    The steady-state benchmark has a table of its own (it is often run on its own day).
+    """
     rows, machine = [], None
     for name, builder in (("http_enqueue", http_rows), ("core_throughput", core_rows),
                           ("isolation", isolation_rows), ("memory", memory_rows)):
@@ -111,11 +141,12 @@ def markdown() -> str:
             continue
         machine = machine or result["machine"]
         rows.extend(builder(result))
-    if machine is None:
-        return "(no results yet: run `python -m bench`)"
-    where = (f"Run {machine['date']} on {machine['platform']}, {machine['cpu_count']} CPUs, "
-             f"{machine['memory_gb']} GB, Python {machine['python']}.")
-    return "\n".join([where, "", HEADER, *rows])
+    parts = [] if machine is None else [_where(machine), "", HEADER, *rows]
+    steady = read_result("retention_steady")
+    if steady is not None:
+        parts.extend([*([""] if parts else []), "Steady state: " + _where(steady["machine"]),
+                      "", HEADER, *steady_rows(steady)])
+    return "\n".join(parts) if parts else "(no results yet: run `python -m bench`)"
 
 
 if __name__ == "__main__":

@@ -192,13 +192,15 @@ def test_unfinished_jobs_left_in_the_store_are_recovered(
 ) -> None:
     settings, store = durable
     now = time.time()
+    long_ago = now - 3600  # the process died long enough ago for its calls' hold to be over
     for job in (
         stored("was-queued", state=JobState.QUEUED, attempts=0, seq=1),
-        stored("was-running", state=JobState.PROCESSING, attempts=1, seq=2, started_at=now),
+        stored("was-running", state=JobState.PROCESSING, attempts=1, seq=2,
+               started_at=long_ago),
         stored("was-retrying", state=JobState.RETRYING, attempts=1, seq=3,
                next_attempt_at=now - 1, last_error="RetryableCallFailure: 500"),
         stored("was-on-its-last-attempt", state=JobState.PROCESSING, attempts=3, seq=4,
-               started_at=now),
+               started_at=long_ago),
     ):
         store.add(job)
 
@@ -217,3 +219,18 @@ def test_unfinished_jobs_left_in_the_store_are_recovered(
     assert last.attempts == 3
     assert "interrupted" in (last.last_error or "")
     assert sorted(video_urls(standin)) == [video(n)["video_url"] for n in (1, 2, 3)]
+
+
+def test_a_job_whose_call_may_still_run_at_the_python_api_waits_for_its_hold(
+    durable: tuple[Settings, JobStore], standin: PythonApiStandIn
+) -> None:
+    settings, store = durable
+    started_at = time.time() - 1.0  # the process died a second into the call
+    store.add(stored("was-running", state=JobState.PROCESSING, attempts=1, seq=1,
+                     started_at=started_at))
+    with started(settings, store=store) as system:
+        job = wait_state(system, "was-running", JobState.RETRYING)
+        # Not sent again on top of a call the Python API may still be processing.
+        assert job.next_attempt_at == started_at + settings.call_hold_s
+        assert standin.calls("process-video") == []
+        assert "interrupted" in (job.last_error or "")

@@ -17,7 +17,7 @@ from actors import JobKind, JobState, Settings
 from actors.errors import DuplicateJob, SettingsError
 from actors.jobs import freeze
 from actors.pg_schema import SCHEMA_VERSION
-from actors.pg_store import PostgresJobStore
+from actors.pg_store import _PRUNE_SQL, PostgresJobStore
 from actors.sqlite_store import StoreUnavailable
 from actors.store import open_store
 from tests import pg_server
@@ -83,6 +83,52 @@ def test_prune_finished_by_count_and_age(open_pg: Opener) -> None:
     assert removed.total() == 2
     assert [j.id for j in store.list()] == [jobs[5].id, jobs[4].id]
     store.maintain()
+
+
+def test_prune_finished_in_bounded_batches_oldest_first(open_pg: Opener) -> None:
+    store = open_pg()
+    jobs = [store.insert(make_job(state=JobState.COMPLETED, finished_at=1000.0 + i))
+            for i in (3, 1, 2, 6, 5, 4)]  # inserted out of finish order
+    active = store.insert(make_job())
+    removed = store.prune_finished(limit=2)  # the registry's batch: no count in the store
+    assert removed[JobKind.QA, JobState.COMPLETED] == 2
+    assert store.get(jobs[1].id) is None and store.get(jobs[2].id) is None  # 1001, 1002
+    assert store.prune_finished(finished_before=1005.0, limit=1).total() == 1  # 1003
+    assert store.get(jobs[0].id) is None and store.get(jobs[5].id) is not None
+    assert store.prune_finished(limit=100).total() == 3  # every finished job
+    assert [j.id for j in store.list()] == [active.id]
+    assert store.prune_finished().total() == 0  # nothing asked, nothing removed
+
+
+def test_a_retention_batch_is_a_range_of_the_finished_index(pg_url: str,
+                                                            open_pg: Opener) -> None:
+    store = open_pg()
+    store.add_many([make_job(state=JobState.COMPLETED, finished_at=T0 + i) for i in range(3000)]
+                   + [make_job() for _ in range(50)])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ANALYZE qudemo_jobs")
+        indexes = {r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'qudemo_jobs'"
+            " AND schemaname = current_schema()")}
+        assert "qudemo_jobs_finished_order" in indexes and "qudemo_jobs_finished" not in indexes
+        for age in ("", " AND finished_at < %(before)s"):
+            # The statement as the store runs it, planned (not run) in a transaction.
+            with conn.transaction():
+                plan = "\n".join(r[0] for r in conn.execute(
+                    "EXPLAIN " + _PRUNE_SQL.format(age=age), {"limit": 200, "before": T0}))
+            assert "qudemo_jobs_finished_order" in plan, plan
+            assert "Sort" not in plan, plan  # the index gives the order: no sort of them all
+
+
+def test_one_instance_prunes_at_a_time(pg_url: str, open_pg: Opener) -> None:
+    first, other = open_pg("a"), open_pg("b")
+    for i in range(5):
+        first.insert(make_job(state=JobState.COMPLETED, finished_at=T0 + i))
+    with psycopg.connect(pg_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended("
+                     "current_schema() || ':qudemo:' || 'retention', 0))")  # a batch running
+        assert other.prune_finished(limit=2).total() == 0  # nobody waits, nothing doubled
+    assert other.prune_finished(limit=2).total() == 2
 
 
 def test_dedupe_key_is_unique_among_active_jobs_of_all_instances(open_pg: Opener) -> None:

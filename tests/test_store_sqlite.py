@@ -166,6 +166,8 @@ def test_retention_deletes_from_the_file(
             sub = system.submit(JobKind.QA, {"question": f"q{i}?", "company_name": "acme"})
             ids.append(sub.job.id)
             assert wait_until(lambda i=sub.job.id: system.get(i).state == JobState.COMPLETED)
+        # Retention runs on its timer (every second), not on each finish.
+        assert wait_until(lambda: system.snapshot()["registry"]["retained_finished"] == 2)
     finally:
         system.stop()
     db = sqlite3.connect(path)
@@ -185,10 +187,11 @@ def test_recovery_requeues_in_order_and_counts_interrupted_attempts(
     low = make_job(JobKind.VIDEO, seq=1, priority=3)
     first = make_job(JobKind.VIDEO, seq=2)
     second = make_job(JobKind.VIDEO, seq=3)
+    long_ago = now - 3600  # died long enough ago for its calls' hold to be over
     interrupted = make_job(JobKind.VIDEO, seq=4, state=JobState.PROCESSING, attempts=1,
-                           started_at=now)
+                           started_at=long_ago)
     exhausted = make_job(JobKind.VIDEO, seq=5, state=JobState.PROCESSING, attempts=3,
-                         started_at=now)
+                         started_at=long_ago)
     retrying = make_job(JobKind.QA, seq=6, state=JobState.RETRYING, attempts=1,
                         next_attempt_at=now + 0.2, last_error="RetryableCallFailure: 500")
     for job in (low, first, second, interrupted, exhausted, retrying):
