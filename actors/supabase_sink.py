@@ -16,25 +16,36 @@ What goes over the wire is PostgREST's format (``/rest/v1/<table>``):
 The library's own retries are off (``postgrest_client_retry=False``): they sleep in
 the calling thread, and an actor never sleeps; the ResultWriter retries on a timer.
 Every failure becomes a ``ResultStoreFailed`` that says whether a retry may pass.
+
+Every call has an overall deadline (``actors.http_deadline``), not only httpx's
+per-phase timeouts, which an answer trickling in never reaches: a write (all of a
+job's rows) and a company lookup get ``SUPABASE_TIMEOUT_MS`` in all, a health probe
+``HEALTH_TIMEOUT_S``. A write cut after its request was sent may still be applied by
+Supabase: its rows are upserts keyed by the job, byte for byte the same on the next
+try (``actors.result_rows``), so it lands twice at worst and one job never leaves two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from actors.errors import ResultStoreFailed, ResultStoreUnavailable, UnknownCompany
 from actors.jobs import Job
+from actors.redact import redact_url
 from actors.result_rows import ResultTables, result_rows
 from actors.settings import Settings
 
 if TYPE_CHECKING:
     import httpx
     from supabase import Client
+
+    from actors.http_deadline import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +141,13 @@ class ResultSink:
         # system without Supabase never uses.
         import httpx
 
-        self._http = httpx.Client(timeout=httpx.Timeout(settings.supabase_timeout_s),
-                                  limits=httpx.Limits(max_connections=32,
-                                                      max_keepalive_connections=8))
+        from actors import http_deadline
+
+        self._http = http_deadline.client(settings.supabase_timeout_s,
+                                          httpx.Limits(max_connections=32,
+                                                       max_keepalive_connections=8))
+        self._writes: set[Deadline] = set()  # in flight, so that a stop can cut them
+        self._writes_lock = threading.Lock()
         self._client = client or _create_client(self.url, settings.supabase_service_role_key,
                                                 self._http)
         self._client.postgrest  # noqa: B018 - created now, not lazily in two threads at once
@@ -142,7 +157,7 @@ class ResultSink:
         self._health: SinkHealth | None = None
 
     def __repr__(self) -> str:
-        return f"<ResultSink {self.url} tables={self.tables}>"
+        return f"<ResultSink {redact_url(self.url)} tables={self.tables}>"
 
     # --- results -------------------------------------------------------------------
 
@@ -156,11 +171,26 @@ class ResultSink:
         from postgrest.types import ReturnMethod
 
         rows = result_rows(job, result, at, self.tables)
-        for table, row in rows:
-            upsert = self._client.table(table).upsert(row, on_conflict="id",
-                                                      returning=ReturnMethod.minimal)
-            self._call(f"upsert into {table}", upsert.execute)
+        with self._bounded(self.timeout_s, "write") as deadline:
+            with self._writes_lock:
+                self._writes.add(deadline)
+            try:
+                for table, row in rows:
+                    upsert = self._client.table(table).upsert(row, on_conflict="id",
+                                                              returning=ReturnMethod.minimal)
+                    self._call(f"upsert into {table}", upsert.execute)
+            finally:
+                with self._writes_lock:
+                    self._writes.discard(deadline)
         return len(rows)
+
+    def cut_writes(self, reason: str = "shutting down") -> int:
+        """End every write in flight at once (it fails, retryable); return how many."""
+        with self._writes_lock:
+            writes = list(self._writes)
+        for deadline in writes:
+            deadline.cut(reason)
+        return len(writes)
 
     # --- companies -----------------------------------------------------------------
 
@@ -197,7 +227,8 @@ class ResultSink:
             return [row for row in answer.data if isinstance(row, Mapping)]
 
         try:
-            return self._call(what, select)
+            with self._bounded(self.timeout_s, what):
+                return self._call(what, select)
         except ResultStoreFailed as exc:
             if exc.code is not None and exc.code.startswith("22"):
                 # Not a valid value for the column (a non-uuid id): no such company.
@@ -224,11 +255,13 @@ class ResultSink:
     def _probe(self) -> SinkHealth:
         import httpx
 
+        wait_s = min(HEALTH_TIMEOUT_S, self.timeout_s)
         try:
-            response = self._http.head(
-                f"{self.url}/rest/v1/{self.companies_table}",
-                params={"select": "id", "limit": "1"}, headers=self._auth_headers,
-                timeout=min(HEALTH_TIMEOUT_S, self.timeout_s))
+            with self._bounded(wait_s, "health probe"):
+                response = self._http.head(
+                    f"{self.url}/rest/v1/{self.companies_table}",
+                    params={"select": "id", "limit": "1"}, headers=self._auth_headers,
+                    timeout=wait_s)
         except httpx.TimeoutException:
             return SinkHealth(False, time.time(), "timed out")
         except httpx.HTTPError as exc:
@@ -241,10 +274,28 @@ class ResultSink:
         """Close the pooled connections."""
         self._http.close()
 
+    @contextlib.contextmanager
+    def _bounded(self, seconds: float, label: str) -> Iterator[Deadline]:
+        """Run the block's requests within one overall deadline of ``seconds``."""
+        from actors.http_deadline import Deadline, within
+
+        with within(Deadline.after(seconds, label)) as deadline:
+            yield deadline
+
     def _call(self, what: str, request: Callable[[], T]) -> T:
+        from actors.http_deadline import current
+
         try:
             return request()
         except Exception as exc:  # classified: supabase-py raises httpx and APIError
+            deadline = current()
+            if deadline is not None and deadline.cut_reason is not None:
+                raise ResultStoreFailed(f"{what}: cut ({deadline.cut_reason})",
+                                        retryable=True) from exc
+            if deadline is not None and deadline.expired:
+                raise ResultStoreFailed(f"{what}: not done within its deadline of"
+                                        f" {deadline.seconds:g}s (SUPABASE_TIMEOUT_MS)",
+                                        retryable=True) from exc
             raise classify(exc, what) from exc
 
 

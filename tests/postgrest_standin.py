@@ -16,7 +16,8 @@ It speaks the part of PostgREST's wire format that supabase-py uses, on
 
 Every request is recorded (method, path, table, query pairs, lower-cased headers, body,
 status). Tests make it fail on demand (the next N requests of a method to a table
-answer an error) and hold requests until released. Only the standard library is used,
+answer an error), hold requests until released, and trickle answers (applied as usual,
+then a body sent a byte at a time that never completes). Only the standard library is used,
 so the stand-in cannot share a bug with the client under test.
 """
 
@@ -26,6 +27,7 @@ import copy
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ SCHEMA: Mapping[str, tuple[str, ...]] = {
                   "start", "end", "created_at"),
 }
 """The tables and their columns, as the README's CREATE TABLE statements declare them."""
+TRICKLE_LENGTH = 1_000_000
+"""The Content-Length a trickled answer promises (and never delivers)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,15 @@ class _Reply:
     body: Any = None
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    trickle: _Trickle | None = None
+
+
+@dataclass
+class _Trickle:
+    method: str
+    remaining: int | None  # None: until recover()
+    interval_s: float
+    for_s: float
 
 
 def _error(status: int, code: str | None, message: str, details: str | None = None,
@@ -120,6 +133,9 @@ class _Handler(LoopbackHandler):
         if reply is None:  # stopped while held
             self.close_connection = True
             return
+        if reply.trickle is not None:
+            self._trickle(reply, standin)
+            return
         payload = reply.raw if reply.raw is not None else (
             b"" if reply.body is None else json.dumps(reply.body).encode())
         try:
@@ -129,6 +145,22 @@ class _Handler(LoopbackHandler):
                 self.wfile.write(payload)
         except OSError:
             self.close_connection = True
+
+    def _trickle(self, reply: _Reply, standin: PostgrestStandIn) -> None:
+        """Promise a long body and send it a byte per interval until the client leaves."""
+        assert reply.trickle is not None
+        self.close_connection = True
+        deadline = time.monotonic() + reply.trickle.for_s
+        try:
+            self.send_head(reply.status, TRICKLE_LENGTH, reply.headers)
+            self.wfile.flush()
+            while time.monotonic() < deadline:
+                if standin._stop_event.wait(reply.trickle.interval_s):
+                    return
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            return  # the client left: what a deadline does
 
 
 class PostgrestStandIn(LoopbackServer):
@@ -149,6 +181,7 @@ class PostgrestStandIn(LoopbackServer):
         self._failures: dict[str, deque[_Failure]] = {}
         self._held: set[str] = set()
         self._gate = threading.Event()
+        self._trickles: dict[str, deque[_Trickle]] = {}
 
     # lifecycle
     def _on_stop(self) -> None:
@@ -181,12 +214,27 @@ class PostgrestStandIn(LoopbackServer):
                 _Failure(method, count, status, body, raw))
 
     def recover(self, table: str | None = None) -> None:
-        """Drop the scripted failures of ``table`` (of every table when ``None``)."""
+        """Drop the scripted failures and trickles of ``table`` (of every table when ``None``)."""
         with self._cond:
             if table is None:
                 self._failures.clear()
+                self._trickles.clear()
             else:
                 self._failures.pop(table, None)
+                self._trickles.pop(table, None)
+
+    def trickle(self, table: str, *, count: int | None = 1, method: str = "POST",
+                interval_s: float = 0.05, for_s: float = 30.0) -> None:
+        """Trickle the answers to the next ``count`` ``method`` requests to ``table``.
+
+        Each is applied as usual, then answered with its status and a body that promises
+        ``TRICKLE_LENGTH`` bytes and sends one every ``interval_s`` (a read timeout never
+        fires), for ``for_s`` or until the client leaves or the stand-in stops.
+        ``count=None`` trickles until ``recover``.
+        """
+        with self._cond:
+            self._trickles.setdefault(table, deque()).append(
+                _Trickle(method, count, interval_s, for_s))
 
     def hold(self, table: str) -> None:
         """Make requests to ``table`` wait (received, recorded) until ``release``."""
@@ -241,10 +289,26 @@ class PostgrestStandIn(LoopbackServer):
                 return None
         with self._cond:
             reply = self._reply(method, parts.path, table, query, headers, body)
+            if table is not None and reply.status < 400:
+                reply.trickle = self._next_trickle(table, method)
             self._requests[index] = Request(method, parts.path, table, query, headers, body,
                                             reply.status)
             self._cond.notify_all()
             return reply
+
+    def _next_trickle(self, table: str, method: str) -> _Trickle | None:
+        queue = self._trickles.get(table)
+        if not queue:
+            return None
+        for trickle in list(queue):
+            if trickle.method != method:
+                continue
+            if trickle.remaining is not None:
+                trickle.remaining -= 1
+                if trickle.remaining <= 0:
+                    queue.remove(trickle)
+            return trickle
+        return None
 
     def _reply(self, method: str, path: str, table: str | None,
                query: tuple[tuple[str, str], ...], headers: Mapping[str, str],
