@@ -38,7 +38,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # The code: only what the server runs (tests, bench and docs stay out of the image).
 COPY actors/ ./actors/
 COPY web/ ./web/
-COPY wsgi.py gunicorn.conf.py ./
+COPY wsgi.py gunicorn.conf.py serving.py ./
 
 # The SQLite job store lives on a volume, owned by the user the server runs as. The
 # directory is prepared before VOLUME: changes made to it after VOLUME would be dropped.
@@ -60,4 +60,7 @@ EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '5000'), timeout=4)"]
 
+# Exec form: gunicorn is PID 1, so its exit is the container's. A bad configuration makes it
+# exit with status 3 before it binds the port, one line in `docker logs` naming every bad
+# variable (README "Configuration"): the container stops instead of staying unhealthy.
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -1,7 +1,10 @@
 """WSGI entry point for gunicorn: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
 Settings are read once from the environment (and ``.env``); a bad value stops
-the start with a message naming every bad variable.
+the start with a message naming every bad variable (no secret quoted) and exit
+status 3, gunicorn's "worker failed to boot": the master then stops too, rather
+than booting another worker that would fail the same way. (Under
+``gunicorn.conf.py`` the master has checked the settings before forking already.)
 
 The ``flask`` command (``flask --app wsgi jobs list``, the operator CLI of ``web.cli``)
 imports this module too, after setting ``FLASK_RUN_FROM_CLI``. Its commands talk to the
@@ -17,7 +20,7 @@ import sys
 from actors.errors import SettingsError
 from web import create_app
 from web.cli import create_cli_app
-from web.settings import configure_logging, load_settings
+from web.settings import EXIT_CONFIG_ERROR, configure_logging, load_settings
 
 if os.environ.get("FLASK_RUN_FROM_CLI") == "true":
     app = create_cli_app()
@@ -28,4 +31,5 @@ else:
         app = create_app(settings)
     except SettingsError as exc:
         sys.stderr.write(f"qudemo-jobs: {exc}\n")
-        raise SystemExit(2) from None
+        sys.stderr.flush()
+        raise SystemExit(EXIT_CONFIG_ERROR) from None

@@ -71,7 +71,8 @@ class _Running:
     timer: TimerHandle  # the deadline, then (abandoned) the end of the hold
     instance: str
     call: AttemptCall
-    abandoned: bool = False
+    abandoned: bool = False  # at its deadline the Python API was still at it
+    lease_lost: bool = False  # shared queue: its lease could not be renewed (fenced or lost)
 
 
 class Dispatcher(TrackedActor):
@@ -428,7 +429,10 @@ class Dispatcher(TrackedActor):
                 retryable = False
                 error += ("; not retried: the Python API may still be processing it"
                           " (QUEUE_RETRY_TIMED_OUT_VIDEOS)")
-            self._retry_or_fail(entry.job, error, retryable, message.retry_after_s)
+            if message.error_type == "ShutdownCut":
+                self._on_shutdown_cut(entry, error)
+            else:
+                self._retry_or_fail(entry.job, error, retryable, message.retry_after_s)
         self._after_outcome()
 
     def _on_crashed(self, message: WorkerCrashed) -> None:
@@ -446,6 +450,16 @@ class Dispatcher(TrackedActor):
                                 self._may_retry_cut(entry), None)
         self._after_outcome()
 
+    def _on_shutdown_cut(self, entry: _Running, error: str) -> None:
+        """A call cut because this process stops: retry it only once its hold is over.
+
+        The Python API goes on with it, so a retry before the hold ends would run it
+        twice at once. The floor is kept in the store (``next_attempt_at``): a restart
+        honours it too.
+        """
+        hold_left_s = max(0.0, entry.call.hold_left())
+        self._retry_or_fail(entry.job, error, True, None, not_before_s=hold_left_s)
+
     def _may_retry_cut(self, entry: _Running) -> bool:
         """Whether an attempt cut while the Python API was at it may be tried again.
 
@@ -453,7 +467,8 @@ class Dispatcher(TrackedActor):
         the deadline, and most likely still being processed: sending it again would
         run it twice. Questions are short: they are retried (the hold bounds overlap).
         """
-        return (not entry.abandoned or entry.job.kind != JobKind.VIDEO
+        still_at_it = entry.abandoned or entry.call.cut_reason == "hold"
+        return (not still_at_it or entry.job.kind != JobKind.VIDEO
                 or self.settings.retry_timed_out_videos)
 
     def _on_overdue(self, job_id: str, attempt: int) -> None:
@@ -467,7 +482,7 @@ class Dispatcher(TrackedActor):
                                        error="no report long past the attempt deadline"))
 
     def _retry_or_fail(self, job: Job, error: str, retryable: bool,
-                       retry_after_s: float | None) -> None:
+                       retry_after_s: float | None, *, not_before_s: float = 0.0) -> None:
         now = self.clock.time()
         if retryable and job.attempts < job.max_attempts:
             broken_on = self.avoid.get(job.id)
@@ -482,6 +497,7 @@ class Dispatcher(TrackedActor):
                 retry_after_s=retry_after_s,
                 rng=self.rng,
             )
+            delay = max(delay, not_before_s)  # a strict floor, past any cap
             retry = job.replace(state=JobState.RETRYING, last_error=error,
                                 next_attempt_at=now + delay)
             handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
@@ -595,9 +611,9 @@ class Dispatcher(TrackedActor):
             kinds[kind.value] = {
                 "waiting": self.waiting.count(kind),
                 "running": sum(1 for e in self.running.values()
-                               if e.job.kind == kind and not e.abandoned),
+                               if e.job.kind == kind and not (e.abandoned or e.lease_lost)),
                 "abandoned": sum(1 for e in self.running.values()
-                                 if e.job.kind == kind and e.abandoned),
+                                 if e.job.kind == kind and (e.abandoned or e.lease_lost)),
                 "retrying": sum(1 for j, _ in self.retrying.values() if j.kind == kind),
                 "paused": bool(self.paused[kind]),
                 "pause_reasons": sorted(self.paused[kind]),
@@ -609,7 +625,7 @@ class Dispatcher(TrackedActor):
             "running_jobs": [
                 {"job_id": job_id, "kind": e.job.kind.value, "worker": e.worker_id,
                  "attempt": e.job.attempts, "age_s": round(now - e.started, 3),
-                 "abandoned": e.abandoned, "call": e.call.phase}
+                 "abandoned": e.abandoned or e.lease_lost, "call": e.call.phase}
                 for job_id, e in self.running.items()
             ],
             "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},

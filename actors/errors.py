@@ -162,6 +162,15 @@ class DeadlineExceeded(RetryableCallFailure):
         return False
 
 
+class ShutdownCut(RetryableCallFailure):
+    """The call was cut because this process is stopping; the Python API may still be at it."""
+
+    @property
+    def breaks_instance(self) -> bool:
+        """Never: the instance did nothing wrong."""
+        return False
+
+
 class PermanentCallFailure(CallFailed):
     """The Python API refused the job in a way it will repeat."""
 

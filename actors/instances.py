@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.jobs import JobKind
+from actors.redact import redact_url
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 MAX_OPEN_DOUBLINGS = 4
@@ -58,7 +59,7 @@ class ApiInstance:
     def describe(self) -> dict[str, Any]:
         """Return plain data for snapshots."""
         return {
-            "url": self.url,
+            "url": redact_url(self.url),  # the key is shown already; never its credentials
             "state": self.state,
             "in_flight": {kind.value: n for kind, n in self.in_flight.items()},
             "limits": {kind.value: n for kind, n in self.limits.items()},
@@ -84,7 +85,8 @@ class InstanceSet:
         self.open_s = open_s
 
     def __repr__(self) -> str:
-        return "<InstanceSet " + " ".join(f"{i.url}={i.state}" for i in self.instances) + ">"
+        return ("<InstanceSet " + " ".join(f"{redact_url(i.url)}={i.state}"
+                                          for i in self.instances) + ">")
 
     def get(self, url: str) -> ApiInstance | None:
         """Return the instance at ``url``."""

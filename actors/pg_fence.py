@@ -109,7 +109,9 @@ class LeaseKeeper:
         self.failures = 0
         self.last_error: str | None = None
         self._conninfo = conninfo
-        self._connect_kwargs = connect_kwargs
+        # A connect stuck behind a partition must not outlast the fence margin.
+        self._connect_kwargs = {**connect_kwargs,
+                                "connect_timeout": max(1, int(self.margin_s))}
         self._timers = timers
         self._on_lost = on_lost
         self._on_fence = on_fence
@@ -131,7 +133,7 @@ class LeaseKeeper:
         self._timers.call_later(self.beat_s, self._watch)
         return self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 1.0) -> None:
         """Stop beating; wait for the thread (a stuck renewal is interrupted)."""
         self._stop.set()
         self._interrupt()

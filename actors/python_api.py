@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -40,8 +40,10 @@ from actors.errors import (
     DeadlineExceeded,
     PermanentCallFailure,
     RetryableCallFailure,
+    ShutdownCut,
 )
 from actors.jobs import thaw
+from actors.redact import redact_url
 from actors.timers import TimerService
 
 logger = logging.getLogger(__name__)
@@ -132,8 +134,29 @@ def _detail(response: requests.Response) -> str:
     return str(body)[:200]
 
 
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Return ``url`` without its user information, and that user and password (or ``None``).
+
+    ``http://user:pass@host`` becomes ``http://host`` with ``("user", "pass")``, sent as
+    HTTP basic auth (what requests does with a URL's user information anyway), so that no
+    URL this client builds, logs or puts in an exception carries the password.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit(SplitResult(parts.scheme, hostport, parts.path, parts.query,
+                                  parts.fragment))
+    return bare, (unquote(user), unquote(password))
+
+
 class PythonApiClient:
-    """Calls the Python API: process a video, answer a question, read health and memory."""
+    """Calls the Python API: process a video, answer a question, read health and memory.
+
+    ``address`` is how the instance is shown and keyed everywhere (its URL with any
+    user information as ``***``); the credentials live only in this client's session.
+    """
 
     def __init__(
         self,
@@ -143,10 +166,12 @@ class PythonApiClient:
         connect_timeout_s: float = 5.0,
         pool_size: int = 16,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.address = redact_url(base_url.rstrip("/"))
+        self.base_url, auth = split_credentials(base_url.rstrip("/"))
         self.connect_timeout_s = connect_timeout_s
         self._timers = timers
         self._session = requests.Session()
+        self._session.auth = auth
         adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -155,7 +180,7 @@ class PythonApiClient:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<PythonApiClient {self.base_url} in_flight={len(self._calls)}>"
+        return f"<PythonApiClient {self.address} in_flight={len(self._calls)}>"
 
     def process_video(self, data: Mapping[str, Any], *, call: AttemptCall) -> dict[str, Any]:
         """Process one video; return the Python API's ``result`` object.
@@ -275,6 +300,8 @@ class PythonApiClient:
                     f"{path} still unanswered at the end of its hold"
                     f" ({attempt.hold_until - attempt.started:g}s), long past the"
                     f" {timeout_s:g}s deadline", abandoned=True) from exc
+            if reason == "shutting down":
+                raise ShutdownCut(f"{path} cut: shutting down") from exc
             if reason is not None:
                 raise RetryableCallFailure(f"{path} cut: {reason}") from exc
             if isinstance(exc, requests.ConnectTimeout):

@@ -20,9 +20,15 @@ from dotenv import dotenv_values
 
 from actors.errors import SettingsError
 from actors.jobs import JobKind
+from actors.redact import redact_text, redact_url, redact_urls, url_secrets
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+
+SECRET_VARIABLES = ("PYTHON_API_BASE_URL", "PYTHON_API_BASE_URLS", "DATABASE_URL",
+                    "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
+"""Core variables whose values are, or may hold, secrets: never quoted in a message."""
+_ADDRESS_FIELDS = ("python_api_base_url", "supabase_url")
 
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 """A Postgres identifier that needs no quoting (table names go into URL paths)."""
@@ -116,24 +122,26 @@ class EnvReader:
         return default
 
     def url_list(self, name: str, default: str) -> str:
-        """Read a comma-separated list of http(s) base URLs; return them joined by commas."""
+        """Read a comma-separated list of http(s) base URLs; return them joined by commas.
+
+        A bad value is quoted with its credentials hidden (``actors.redact``); two entries
+        that differ only in their credentials are the same address.
+        """
         urls = [u.strip().rstrip("/") for u in self.text(name, default).split(",") if u.strip()]
-        bad = [u for u in urls
-               if urlsplit(u).scheme not in ("http", "https") or not urlsplit(u).hostname]
+        bad = [u for u in urls if not _is_http_url(u)]
         if bad or not urls:
-            self.problems.append(f"{name}={self.text(name, default)!r} is not a comma-separated "
-                                 "list of http(s) URLs")
+            self.problems.append(f"{name}={redact_urls(self.text(name, default))!r} is not a "
+                                 "comma-separated list of http(s) URLs")
             return default
-        if len(set(urls)) != len(urls):
+        if len({redact_url(u) for u in urls}) != len(urls):
             self.problems.append(f"{name} lists an address twice")
         return ",".join(urls)
 
     def url(self, name: str, default: str) -> str:
-        """Read an http(s) base URL without a trailing slash."""
+        """Read an http(s) base URL without a trailing slash (quoted redacted when bad)."""
         value = self.text(name, default).rstrip("/")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.problems.append(f"{name}={value!r} is not an http(s) URL")
+        if not _is_http_url(value):
+            self.problems.append(f"{name}={redact_url(value)!r} is not an http(s) URL")
             return default.rstrip("/")
         return value
 
@@ -141,6 +149,15 @@ class EnvReader:
         """Record ``problem`` unless ``condition`` holds."""
         if not condition:
             self.problems.append(problem)
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 SUPERSEDED = {
@@ -240,6 +257,12 @@ class Settings:
     """Writes of one result before its job fails (backoff as for attempts, QUEUE_BACKOFF_*)."""
     supabase_timeout_s: float = 10.0
 
+    def __repr__(self) -> str:
+        # Addresses with their credentials hidden; the database URL and the key not at all.
+        shown = [f"{f.name}={_shown(f.name, getattr(self, f.name))!r}"
+                 for f in dataclasses.fields(self) if f.repr]
+        return f"Settings({', '.join(shown)})"
+
     @property
     def call_hold_s(self) -> float:
         """The hold of an abandoned call, from its start (``abandoned_hold_s`` or its default)."""
@@ -301,7 +324,8 @@ class Settings:
         reader = EnvReader(merged)
         settings = cls.read(reader)
         if reader.problems:
-            raise SettingsError(reader.problems)
+            secrets = [s for name in SECRET_VARIABLES for s in url_secrets(merged.get(name))]
+            raise SettingsError([redact_text(p, secrets) for p in reader.problems])
         warn_superseded(merged)
         return settings
 
@@ -395,3 +419,10 @@ class Settings:
             return ["DATABASE_URL is not a postgresql:// connection string (value not shown: "
                     "it may hold a password)"]
         return []
+
+
+def _shown(name: str, value: Any) -> Any:
+    """Return a settings value as a repr may show it (addresses redacted)."""
+    if name in _ADDRESS_FIELDS and isinstance(value, str):
+        return redact_urls(value)
+    return value

@@ -71,6 +71,7 @@ class SharedDispatcher(Dispatcher):
                        for kind in JobKind}
         self.beat_s = max(0.05, min(settings.poll_interval_s, settings.lease_ttl_s / 3))
         self.leases = store.leases  # held from the claim until the outcome is written
+        self._resumes_due: set[tuple[JobKind, str]] = set()
         self.fenced = False
         self._keeper: LeaseKeeper | None = None
         self.store_error: str | None = None  # the last inspection's failure, if it failed
@@ -149,6 +150,8 @@ class SharedDispatcher(Dispatcher):
 
     def _beat(self) -> None:
         """Take back expired leases, claim; schedule the next beat (none of it while fenced)."""
+        for kind, reason in sorted(self._resumes_due):  # resumes the database missed
+            self._resume(kind, reason)
         if not self.fenced:
             try:
                 self._reap()
@@ -165,7 +168,7 @@ class SharedDispatcher(Dispatcher):
             # Not renewable any more. Its call goes on, holding its slot here, and the
             # database holds the slot until the call's hold has passed; its outcome is
             # written only if no other instance has taken the job by then.
-            entry.abandoned = True
+            entry.lease_lost = True
             logger.error("job %s: lease expired while its call runs here; the call goes on"
                          " as an abandoned call", job_id,
                          extra=job_fields(job_id, entry.job.kind, "lease lost",
@@ -173,11 +176,22 @@ class SharedDispatcher(Dispatcher):
 
     def _on_fenced(self, on: bool) -> None:
         self.fenced = on
-        if on:
-            for entry in self.running.values():
-                entry.abandoned = True
-        else:
+        for entry in self.running.values():
+            entry.lease_lost = on
+        if not on:
             self._dispatch()
+
+    def _on_shutdown_cut(self, entry: Any, error: str) -> None:
+        """Write nothing: the job stays processing, and its lease and hold protect it.
+
+        Writing ``retrying`` would free its slot in the database while the Python API
+        is still at the call; left as it is, another instance takes it back only once
+        the lease has expired and the call's hold is over.
+        """
+        self.leases.release(entry.job.id)
+        logger.warning("job %s: call cut by the shutdown; left processing, taken back by"
+                       " another instance after its hold (%s)", entry.job.id, error,
+                       extra=job_fields(entry.job.id, entry.job.kind, "cut", entry.job.attempts))
 
     def _reap(self) -> None:
         for job in self.store.reap_expired(None, instance_id=self.instance_id,
@@ -306,12 +320,14 @@ class SharedDispatcher(Dispatcher):
                 self._dispatch()
             return
         bound = self.instance_id if reason == MEMORY_PAUSE_REASON else None
+        self._resumes_due.discard((kind, reason))
         try:
             if self.store.resume(kind, reason, instance_id=bound):
                 logger.warning("%s dispatch: %s pause lifted on every instance", kind.value,
                                reason)
         except STORE_ERRORS as exc:
             self._failed("resume", exc)
+            self._resumes_due.add((kind, reason))  # tried again on every beat until it lands
             return
         self.paused[kind].discard(reason)
         self._dispatch()

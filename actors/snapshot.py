@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.jobs import JobKind
+from actors.redact import redact_url
 from actors.settings import Settings
 
 
@@ -82,7 +83,7 @@ def assemble_snapshot(
 
 def _instances(routing: list[dict[str, Any]], readings: Any) -> list[dict[str, Any]]:
     """Merge the Dispatcher's view of each Python API instance with its last memory reading."""
-    by_url = {r["url"]: r for r in readings}
+    by_url = {redact_url(r["url"]): r for r in readings}  # as describe() shows them
     return [
         {**item, "status": by_url.get(item["url"], {}).get("status", "unknown"),
          "reachable": bool(by_url.get(item["url"], {}).get("reachable", False))}

@@ -55,6 +55,7 @@ from actors.messages import (
 )
 from actors.metrics import JobMetrics
 from actors.python_api import PythonApiClient
+from actors.redact import redact_text, redact_url
 from actors.registry import JobRegistry
 from actors.result_writer import ResultWriter, WriterStats
 from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
@@ -114,16 +115,21 @@ class JobSystem:
         self._writer: pykka.ActorRef[Any] | None = None
         self._writer_stats = WriterStats()  # read by snapshot(): the writer may be mid-write
         self.timers = TimerService()
-        # One shared client (one connection pool) per Python API instance.
-        self.clients = {
-            url: PythonApiClient(
+        # One shared client (one connection pool) per Python API instance, keyed by its
+        # shown address: the credentials stay inside the client (actors.redact).
+        clients = [
+            PythonApiClient(
                 url,
                 timers=self.timers,
                 connect_timeout_s=settings.python_api_connect_timeout_s,
                 pool_size=settings.max_concurrent_videos + settings.max_concurrent_qa + 2,
             )
             for url in settings.python_api_urls
-        }
+        ]
+        self.clients = {client.address: client for client in clients}
+        if len(self.clients) != len(clients):
+            raise SettingsError(["PYTHON_API_BASE_URL lists an address twice (the same "
+                                 "address with other credentials)"])
         self.client = next(iter(self.clients.values()))  # the first (or only) instance
         self._registry: pykka.ActorRef[Any] | None = None
         self._dispatcher: pykka.ActorRef[Any] | None = None
@@ -134,7 +140,7 @@ class JobSystem:
         self._stopping = False
 
     def __repr__(self) -> str:
-        return f"<JobSystem {self._state} python_api={self.settings.python_api_base_url}>"
+        return f"<JobSystem {self._state} python_api={','.join(self.clients)}>"
 
     # --- life ----------------------------------------------------------------------
 
@@ -178,8 +184,9 @@ class JobSystem:
             self._state = "running"
         # Answered after on_start: when start() returns, every worker pool is up.
         self._ask(self._dispatcher, Inspect())
-        logger.info("job system started (Python API %s)", self.settings.python_api_base_url)
-        logger.info("results: %s", f"stored in Supabase at {self.sink.url}" if self.sink
+        logger.info("job system started (Python API %s)", ", ".join(self.clients))
+        logger.info("results: %s", f"stored in Supabase at {redact_url(self.sink.url)}"
+                    if self.sink
                     else "in the job store only (SUPABASE_URL unset)")
         return self
 
@@ -461,8 +468,10 @@ class JobSystem:
         if self.sink is None or self._writer is None:
             return {"configured": False, "reachable": None}
         health = self.sink.health()
-        return {"configured": True, "reachable": health.reachable, "error": health.error,
-                "checked_at": health.checked_at, "url": self.sink.url,
+        error = (redact_text(health.error, (self.settings.supabase_service_role_key,))
+                 if health.error else health.error)
+        return {"configured": True, "reachable": health.reachable, "error": error,
+                "checked_at": health.checked_at, "url": redact_url(self.sink.url),
                 **self._writer_stats.describe()}
 
     # --- plumbing ------------------------------------------------------------------

@@ -182,7 +182,7 @@ class MemoryWatchdog(TrackedActor):
         try:
             status = client.memory_status(timeout_s=self.settings.python_api_status_timeout_s)
         except Exception as exc:  # silence or garbage: unknown, not critical
-            logger.debug("Python API %s memory status unknown: %r", client.base_url, exc)
+            logger.debug("Python API %s memory status unknown: %r", client.address, exc)
             return None, "unknown", False
         value = status.get("memory_mb")
         if isinstance(value, int | float) and not isinstance(value, bool):

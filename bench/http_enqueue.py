@@ -47,6 +47,7 @@ def server_env(store: str, standin_url: str, workdir: Path) -> dict[str, str]:
     """Return the environment of the real server for ``store``."""
     return {
         "PYTHON_API_BASE_URL": standin_url,
+        "APP_ENV": "development",
         "QUEUE_STORE": store,
         "QUEUE_DB_PATH": str(workdir / "jobs.sqlite3"),
         "QUEUE_MAX_WAITING_QA": "10000000",

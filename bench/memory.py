@@ -104,7 +104,8 @@ def run(jobs: int = 15_000, batch: int = 2_500) -> dict[str, Any]:
     """Measure idle RSS and retained growth; write ``bench/results/memory.json``."""
     retained: dict[str, Any] = {}
     with StandInProcess() as standin:
-        app_env = {"PYTHON_API_BASE_URL": standin.url, "QUEUE_DB_PATH": "jobs.sqlite3"}
+        app_env = {"PYTHON_API_BASE_URL": standin.url, "QUEUE_DB_PATH": "jobs.sqlite3",
+                   "APP_ENV": "development"}
         idle = {"bare_mb": idle_rss("bench.bare_app:app", {}),
                 "app_mb": idle_rss("wsgi:app", app_env),
                 "app_auth_mb": idle_rss("wsgi:app", {**app_env, "JWT_SECRET": JWT_SECRET})}

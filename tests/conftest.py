@@ -53,6 +53,7 @@ def _no_actor_left_behind() -> Iterator[None]:
     pykka.ActorRegistry.stop_all(block=True, timeout=5)
     assert not leftovers, f"actors left running: {leftovers}"
     prefixes = ("Dispatcher", "JobRegistry", "MemoryWatchdog", "VideoWorker", "QAWorker", "Timers",
+                "PgLeaseKeeper", "PgStatementWatch",
                 "SharedDispatcher", "SharedJobRegistry", "PgListener")
     alive = [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
     assert not alive, f"actor threads left running: {alive}"

@@ -40,7 +40,7 @@ class GunicornServer:
         self.log_path = workdir / f"gunicorn-{self.port}.log"
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         self.env = {**base, "HOST": "127.0.0.1", "PORT": str(self.port),
-                    "PYTHONPATH": str(REPO), **env}
+                    "PYTHONPATH": str(REPO), "APP_ENV": "development", **env}
         self.proc: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
 

@@ -75,6 +75,7 @@ class Call:
         body: The parsed JSON body, or None (GET, or a body that is not JSON).
         started_at: time.monotonic() when the handler started.
         finished_at: time.monotonic() when the answer was written or dropped; None until then.
+        authorization: The request's Authorization header, or None.
     """
 
     index: int
@@ -83,6 +84,7 @@ class Call:
     body: Any
     started_at: float
     finished_at: float | None
+    authorization: str | None = None
 
 
 class _Abort(Exception):
@@ -285,7 +287,8 @@ class PythonApiStandIn(LoopbackServer):
     def _answer(self, handler: _Handler, endpoint: str, company: str, raw: bytes) -> None:
         body, detail = _parse(endpoint, raw)
         with self._cond:
-            call = Call(len(self._calls), endpoint, handler.path, body, time.monotonic(), None)
+            call = Call(len(self._calls), endpoint, handler.path, body, time.monotonic(), None,
+                        handler.headers.get("Authorization"))
             self._calls.append(call)
             self._in_flight[endpoint] += 1
             self._max_in_flight[endpoint] = max(self._max_in_flight[endpoint],

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from tests.gunicorn_server import REPO, GunicornServer, free_port
 from tests.standin import PythonApiStandIn, Reply
+from tests.url_corpus import youtube_url
 from tests.web_support import SECRET, token
 from web.cli import jobs, queue, table
 
@@ -80,7 +81,7 @@ def test_list_show_and_retry_a_failed_video(server: GunicornServer,
                                             standin: PythonApiStandIn) -> None:
     standin.script("process-video", Reply(status=400, body={"detail": "bad video"}))
     job_id = submit(server, "/api/video/process", {
-        "video_url": "https://www.youtube.com/watch?v=cli-failed-1", "company_name": "acme"})
+        "video_url": youtube_url("cli-failed-1"), "company_name": "acme"})
     assert follow(server, "video", job_id)["status"] == "failed"
 
     listed = cli(server, jobs, "list", "--state", "failed", "--kind", "video")
@@ -95,7 +96,7 @@ def test_list_show_and_retry_a_failed_video(server: GunicornServer,
     assert shown.exit_code == 0, shown.output
     lines = dict(line.split(None, 1) for line in shown.output.splitlines()[:3])
     assert lines == {"id": job_id, "kind": "video", "state": "failed"}
-    assert "last error" in shown.output and "cli-failed-1" in shown.output
+    assert "last error" in shown.output and youtube_url("cli-failed-1") in shown.output
 
     retried = cli(server, jobs, "retry", job_id)
     assert retried.exit_code == 0, retried.output
@@ -111,7 +112,7 @@ def test_pause_cancel_status_resume(server: GunicornServer, standin: PythonApiSt
     assert "video queue paused" in paused.output and "paused=yes" in paused.output
     try:
         job_id = submit(server, "/api/video/process", {
-            "video_url": "https://www.youtube.com/watch?v=cli-cancel-1", "company_name": "acme"})
+            "video_url": youtube_url("cli-cancel-1"), "company_name": "acme"})
         status = cli(server, queue, "status")
         assert status.exit_code == 0, status.output
         rows = {line.split()[0]: line for line in status.output.splitlines() if line.strip()}

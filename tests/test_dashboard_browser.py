@@ -18,6 +18,7 @@ import pytest
 
 from tests.gunicorn_server import REPO, GunicornServer
 from tests.standin import PythonApiStandIn, Reply
+from tests.url_corpus import youtube_url
 from tests.web_support import SECRET, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -107,7 +108,7 @@ def test_dashboard_shows_the_queues_live_and_pauses_dispatch(
 
     def video(name: str) -> str:
         return submit("/api/video/process", {
-            "video_url": f"https://www.youtube.com/watch?v={name}", "company_name": "acme"})
+            "video_url": youtube_url(name), "company_name": "acme"})
 
     def question(text: str) -> str:
         return submit("/api/interactions/demo-1/questions",

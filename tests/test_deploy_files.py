@@ -316,8 +316,11 @@ def test_readme_table_lists_every_variable_read_and_nothing_else(reads: set[str]
 
 
 def test_env_example_shows_the_defaults(env_example: dict[str, str]) -> None:
-    # Uncommenting every line must change nothing: the values shown are the defaults.
-    assert load_settings(env_example, dotenv_path=None) == load_settings({}, dotenv_path=None)
+    # Uncommenting every line must change nothing: the values shown are the defaults
+    # (on a laptop: authentication off is asked for explicitly, or the start is refused).
+    laptop = {"APP_ENV": "development"}
+    assert (load_settings({**env_example, **laptop}, dotenv_path=None)
+            == load_settings(laptop, dotenv_path=None))
     assert gunicorn_probe(env_example)["config"] == gunicorn_probe({})["config"]
 
 
@@ -447,8 +450,10 @@ def test_dockerfile_runs_as_a_non_root_user_with_the_store_on_its_volume() -> No
 def test_dockerfile_sets_only_variables_the_code_reads_with_valid_values(reads: set[str]) -> None:
     image_env = docker_env()
     assert not set(image_env) - reads - TOOL_VARIABLES
-    settings = load_settings({k: v for k, v in image_env.items() if k in reads},
-                             dotenv_path=None)
+    given = {k: v for k, v in image_env.items() if k in reads}
+    with pytest.raises(SettingsError, match="JWT_SECRET is required"):
+        load_settings(given, dotenv_path=None)  # fails closed: a deploy must bring its secret
+    settings = load_settings({**given, "JWT_SECRET": "s" * 32}, dotenv_path=None)
     assert settings.core.store == "sqlite"
 
 

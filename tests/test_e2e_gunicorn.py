@@ -13,6 +13,7 @@ import requests
 
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
+from tests.url_corpus import youtube_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -165,7 +166,7 @@ def test_sigterm_drains_running_jobs(tmp_path: Path) -> None:
             alice = auth("alice")
             standin.hold("process-video")
             reply = server.request("POST", "/api/video/process", headers=alice, json={
-                "video_url": "https://youtu.be/drain-me", "company_name": "acme",
+                "video_url": youtube_url("drain-me"), "company_name": "acme",
                 "source": "youtube"})
             assert reply.status_code == 202
             assert standin.wait_in_flight("process-video", 1, timeout=10)

@@ -29,6 +29,7 @@ import pytest
 
 from tests.gunicorn_server import GunicornServer
 from tests.standin import Call, PythonApiStandIn, Reply
+from tests.url_corpus import youtube_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -74,7 +75,7 @@ def one_client(port: int, number: int, until: float, tally: dict[str, Any]) -> N
         n += 1
         if n % 5 == 0:
             path = "/api/video/process"
-            body = {"video_url": f"https://youtu.be/ld{number:03d}x{n:05d}",
+            body = {"video_url": youtube_url(f"ld{number:03d}x{n:05d}"),
                     "company_name": "acme", "source": "youtube"}
         else:
             path = f"/api/interactions/load-{number}/questions"

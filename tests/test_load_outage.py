@@ -19,6 +19,7 @@ import pytest
 
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
+from tests.url_corpus import youtube_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -51,7 +52,7 @@ def submit(server: GunicornServer, tag: str, questions: int, videos: int = 0
     """Submit jobs; return {location: the question or video URL the stand-in will see}."""
     jobs: dict[str, str] = {}
     for n in range(videos):
-        url = f"https://youtu.be/{tag}v{n:04d}"
+        url = youtube_url(f"{tag}v{n:04d}")
         reply = server.request("POST", "/api/video/process", json={
             "video_url": url, "company_name": "acme", "source": "youtube"})
         assert reply.status_code == 202, reply.text
@@ -157,7 +158,7 @@ def test_memory_pressure_pauses_video_while_questions_go_on(tmp_path: Path) -> N
             video_calls = len(standin.calls("process-video"))
             waiting = status(server)["queues"]["video"]["waiting"]
             refused = server.request("POST", "/api/video/process", json={
-                "video_url": "https://youtu.be/pressure-late", "company_name": "acme",
+                "video_url": youtube_url("pressure-late"), "company_name": "acme",
                 "source": "youtube"})
             questions = finished(server, submit(server, "pressure", questions=10), 60)
             during = status(server)["queues"]["video"]
@@ -166,7 +167,7 @@ def test_memory_pressure_pauses_video_while_questions_go_on(tmp_path: Path) -> N
             done = finished(server, videos, 90)
             after = status(server)["queues"]["video"]
             late = server.request("POST", "/api/video/process", json={
-                "video_url": "https://youtu.be/pressure-late", "company_name": "acme",
+                "video_url": youtube_url("pressure-late"), "company_name": "acme",
                 "source": "youtube"})
         finally:
             server.stop()

@@ -20,6 +20,7 @@ import requests
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
 from tests.test_load_outage import asked, finished, status
+from tests.url_corpus import youtube_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -51,7 +52,7 @@ def client(url: str, number: int, stop: threading.Event, tally: dict[str, Any]) 
     while not stop.is_set():
         n += 1
         if n % 4 == 0:
-            key = f"https://youtu.be/term{number:02d}x{n:04d}"
+            key = youtube_url(f"term{number:02d}x{n:04d}")
             path, body = "/api/video/process", {"video_url": key, "company_name": "acme",
                                                 "source": "youtube"}
         else:

@@ -41,6 +41,8 @@ def json_log() -> Iterator[io.StringIO]:
         root.removeHandler(handler)
         root.setLevel(level)
 
+LAPTOP = {"APP_ENV": "development"}  # authentication off, asked for explicitly
+
 
 def entries(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -143,7 +145,8 @@ def test_gunicorn_writes_one_json_object_per_line(standin: PythonApiStandIn,
 
 
 def test_log_format_is_checked() -> None:
-    assert load_settings({"LOG_FORMAT": "JSON"}, dotenv_path=None).web.log_format == "json"
-    assert load_settings({}, dotenv_path=None).web.log_format == "text"
+    json_logs = load_settings({**LAPTOP, "LOG_FORMAT": "JSON"}, dotenv_path=None)
+    assert json_logs.web.log_format == "json"
+    assert load_settings(LAPTOP, dotenv_path=None).web.log_format == "text"
     with pytest.raises(SettingsError, match="LOG_FORMAT"):
-        load_settings({"LOG_FORMAT": "xml"}, dotenv_path=None)
+        load_settings({**LAPTOP, "LOG_FORMAT": "xml"}, dotenv_path=None)

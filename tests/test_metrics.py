@@ -23,6 +23,8 @@ from web.settings import load_settings
 ADMIN = bearer("root", role="admin")
 MIB = 1024 * 1024
 
+LAPTOP = {"APP_ENV": "development"}  # authentication off, asked for explicitly
+
 
 def scrape(client: FlaskClient, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[
         tuple[str, str], ...]], float]:
@@ -216,10 +218,11 @@ def test_gunicorn_worker_serves_metrics_port(metrics_port_server: GunicornServer
 
 
 def test_metrics_settings_are_checked() -> None:
-    settings = load_settings({"METRICS_ACCESS": "Public", "METRICS_PORT": "9100"},
+    settings = load_settings({**LAPTOP, "METRICS_ACCESS": "Public", "METRICS_PORT": "9100"},
                              dotenv_path=None)
     assert settings.web.metrics_access == "public" and settings.web.metrics_port == 9100
-    assert load_settings({}, dotenv_path=None).web.metrics_port is None
+    assert load_settings(LAPTOP, dotenv_path=None).web.metrics_port is None
     with pytest.raises(SettingsError) as refused:
-        load_settings({"METRICS_ACCESS": "everyone", "METRICS_PORT": "99999"}, dotenv_path=None)
+        load_settings({**LAPTOP, "METRICS_ACCESS": "everyone", "METRICS_PORT": "99999"},
+                      dotenv_path=None)
     assert "METRICS_ACCESS" in str(refused.value) and "METRICS_PORT" in str(refused.value)

@@ -27,6 +27,7 @@ import pytest
 from tests import pg_server
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
+from tests.url_corpus import youtube_url
 
 pg_base_url = pg_server.pg_base_url
 pg_url = pg_server.pg_url
@@ -68,7 +69,7 @@ def submit(server: GunicornServer, i: int) -> str:
     """Submit job ``i`` (every tenth a video, the others questions); return its location."""
     if i % 10 == 0:
         reply = server.request("POST", "/api/video/process", json={
-            "video_url": f"https://youtu.be/c{i:04d}", "company_name": "acme",
+            "video_url": youtube_url(f"c{i:04d}"), "company_name": "acme",
             "source": "youtube"})
     else:
         reply = server.request("POST", f"/api/interactions/c{i}/questions",
@@ -124,7 +125,7 @@ def overlapping_calls(standin: PythonApiStandIn) -> list[str]:
 
 
 def work_of(i: int) -> str:
-    return f"https://youtu.be/c{i:04d}" if i % 10 == 0 else f"Question {i}?"
+    return youtube_url(f"c{i:04d}") if i % 10 == 0 else f"Question {i}?"
 
 
 def test_three_servers_share_one_queue_its_limits_and_each_job_runs_once(

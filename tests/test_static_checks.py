@@ -51,7 +51,7 @@ def _loaded_libraries(tmp_path: Path, **env: str) -> list[str]:
         [sys.executable, "-c", PROBE, *UNUSED_LIBRARIES], cwd=tmp_path, text=True,
         capture_output=True, timeout=60, check=False,
         env={**base, "PYTHONPATH": str(REPO), "PYTHON_API_BASE_URL": "http://127.0.0.1:9",
-             **env})
+             "APP_ENV": "development", **env})
     assert result.returncode == 0, result.stderr
     return list(json.loads(result.stdout.strip().splitlines()[-1]))
 

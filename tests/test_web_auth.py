@@ -157,3 +157,20 @@ def test_production_without_secret_refuses_to_start():
 def test_short_secret_is_refused():
     with pytest.raises(SettingsError, match="at least 32 bytes"):
         load_settings({"JWT_SECRET": "short"}, dotenv_path=None)
+
+
+@pytest.mark.parametrize("environ", [{}, {"APP_ENV": "staging"}, {"APP_ENV": ""},
+                                     {"APP_ENV": "prod"}, {"NODE_ENV": "test"},
+                                     {"APP_ENV": "dev"}, {"APP_ENV": "Production "}])
+def test_without_a_secret_only_an_explicit_development_runs_without_authentication(
+        environ: dict[str, str]) -> None:
+    # Fails closed: anything but APP_ENV=development without JWT_SECRET refuses to start
+    # (a staging deploy that forgot its secret must not make every caller an admin).
+    with pytest.raises(SettingsError, match="JWT_SECRET is required"):
+        load_settings(environ, dotenv_path=None)
+
+
+def test_an_explicit_development_runs_without_authentication() -> None:
+    for environ in ({"APP_ENV": "development"}, {"APP_ENV": " Development"},
+                    {"NODE_ENV": "development"}):
+        assert not load_settings(environ, dotenv_path=None).web.auth_enabled

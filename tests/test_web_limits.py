@@ -13,6 +13,8 @@ from web.security import SECURITY_HEADERS
 STATUS = "/api/queue/status"
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
 
+LAPTOP = {"APP_ENV": "development"}  # authentication off, asked for explicitly
+
 
 def test_rate_limit_429_with_headers_and_health_exempt(job_system: JobSystem):
     client = make_app(job_system, rate_limit_max_requests=3, rate_limit_window_s=60).test_client()
@@ -57,11 +59,12 @@ def test_forwarded_for_counts_with_trust_proxy(job_system: JobSystem):
 
 
 def test_rate_limit_settings_from_env():
-    settings = load_settings({"RATE_LIMIT_MAX_REQUESTS": "50", "RATE_LIMIT_WINDOW_MS": "60000",
-                              "TRUST_PROXY": "2"}, dotenv_path=None).web
+    settings = load_settings({**LAPTOP, "RATE_LIMIT_MAX_REQUESTS": "50",
+                              "RATE_LIMIT_WINDOW_MS": "60000", "TRUST_PROXY": "2"},
+                             dotenv_path=None).web
     assert settings.rate_limit == "50 per 60 second" and settings.trust_proxy == 2
     with pytest.raises(SettingsError) as caught:
-        load_settings({"RATE_LIMIT_MAX_REQUESTS": "0", "RATE_LIMIT_WINDOW_MS": "10",
+        load_settings({**LAPTOP, "RATE_LIMIT_MAX_REQUESTS": "0", "RATE_LIMIT_WINDOW_MS": "10",
                        "TRUST_PROXY": "-1", "RATE_LIMIT_STORAGE_URI": "nope",
                        "QUEUE_MAX_CONCURRENT_VIDEOS": "x", "CORS_ORIGINS": "not an origin",
                        "VIDEO_URL_ALLOWED_HOSTS": "10.0.0.1,*.loom.com", "LOG_LEVEL": "loud"},

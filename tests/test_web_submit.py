@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from actors import JobSystem, Settings
 from tests.standin import DEMO_VIDEO_URL, PythonApiStandIn
+from tests.url_corpus import LOOM, LOOM_ID, youtube_url
 from tests.web_support import QUESTION, VIDEO, make_app, running_system, wait_job
 
 RANGE = re.compile(r"^(under \d+ (second|minute|hour)s?|\d+-\d+ (seconds|minutes|hours))$")
@@ -53,11 +54,11 @@ def test_video_process_follows_job_to_completed(client: FlaskClient, standin: Py
 
 def test_video_process_accepts_camel_case(client: FlaskClient, standin: PythonApiStandIn):
     reply = client.post("/api/video/process", json={
-        "videoUrl": "https://www.loom.com/share/abc123", "companyName": "Acme Corp",
+        "videoUrl": f"https://loom.com/share/Acme-tour-{LOOM_ID}?sid=1", "companyName": "Acme Corp",
         "meetingLink": "https://calendly.com/acme/demo", "bucketName": "acme-videos"})
     assert_accepted(reply, "video")
     job = wait_job(client, reply.headers["Location"], standin)
-    assert job["data"] == {"video_url": "https://www.loom.com/share/abc123",
+    assert job["data"] == {"video_url": LOOM,  # canonical, built from the id
                            "company_name": "Acme Corp", "source": "loom",
                            "create_qudemo": False,
                            "meeting_link": "https://calendly.com/acme/demo",
@@ -152,7 +153,7 @@ def test_full_queue_is_429_with_retry_after(fast_settings: Settings, standin: Py
         client = make_app(system).test_client()
         standin.hold("process-video")
         try:
-            urls = [f"https://www.youtube.com/watch?v=video{n:07d}" for n in range(3)]
+            urls = [youtube_url(f"video{n:07d}") for n in range(3)]
             assert client.post("/api/video/process",
                                json={**VIDEO, "video_url": urls[0]}).status_code == 202
             assert standin.wait_in_flight("process-video", 1)

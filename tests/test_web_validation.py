@@ -10,10 +10,11 @@ from flask.testing import FlaskClient
 
 from actors import JobSystem
 from tests.standin import PythonApiStandIn
-from tests.web_support import QUESTION, VIDEO, make_app, wait_job
+from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job
 from web.settings import DEFAULT_VIDEO_HOSTS
 from web.video_urls import check_video_url, host_allowed, is_ip_literal
 
+YOUTUBE = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 POST_ROUTES = ("/api/video/process", "/api/video/videos", "/api/interactions/i-1/questions")
 
 BAD_URLS = [
@@ -78,18 +79,19 @@ def test_bad_video_urls_are_refused_naming_video_url(client: FlaskClient, url: s
         assert [d["field"] for d in reply.json["details"]] == ["video_url"], reply.json
 
 
-@pytest.mark.parametrize("url, source", [
-    ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", "youtube"),
-    ("https://youtu.be/dQw4w9WgXcQ", "youtube"),
-    ("http://m.youtube.com/watch?v=dQw4w9WgXcQ", "youtube"),
-    ("https://YOUTUBE.com./watch?v=dQw4w9WgXcQ", "youtube"),
-    ("https://www.youtube.com:443/watch?v=dQw4w9WgXcQ", "youtube"),
-    ("https://www.loom.com/share/0123abcd", "loom"),
-    ("https://player.vimeo.com/video/123", "vimeo"),
+@pytest.mark.parametrize("url, source, canonical", [
+    ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", "youtube", YOUTUBE),
+    ("https://youtu.be/dQw4w9WgXcQ", "youtube", YOUTUBE),
+    ("http://m.youtube.com/watch?v=dQw4w9WgXcQ", "youtube", YOUTUBE),
+    ("https://YOUTUBE.com./watch?v=dQw4w9WgXcQ", "youtube", YOUTUBE),
+    ("https://www.youtube.com:443/watch?v=dQw4w9WgXcQ", "youtube", YOUTUBE),
+    ("https://www.loom.com/share/0123456789abcdef0123456789abcdef", "loom",
+     "https://www.loom.com/share/0123456789abcdef0123456789abcdef"),
+    ("https://player.vimeo.com/video/123", "vimeo", "https://vimeo.com/123"),
 ])
-def test_allowed_video_urls(url: str, source: str):
+def test_allowed_video_urls(url: str, source: str, canonical: str):
     checked = check_video_url(url, DEFAULT_VIDEO_HOSTS)
-    assert checked.source == source and checked.url == url
+    assert checked.source == source and checked.url == canonical
 
 
 def test_allow_list_matching_rules():
@@ -232,13 +234,15 @@ def test_odd_paths_and_ids_never_yield_5xx(client: FlaskClient):
 
 def test_unexpected_errors_are_json_500_without_details(job_system: JobSystem):
     for environment, shows in (("test", False), ("development", True)):
-        app = make_app(job_system, environment=environment)
+        # Outside development a secret is required (authentication fails closed).
+        secret = {"jwt_secret": SECRET} if environment != "development" else {}
+        app = make_app(job_system, environment=environment, **secret)
 
         def explode() -> str:
             raise RuntimeError("secret internals")
 
         app.add_url_rule("/boom", "boom", explode)
-        reply = app.test_client().get("/boom")
+        reply = app.test_client().get("/boom", headers=bearer("root", role="admin"))
         assert reply.status_code == 500
         assert reply.json["success"] is False and reply.json["error"] == "internal server error"
         assert ("secret internals" in reply.get_data(as_text=True)) is shows

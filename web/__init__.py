@@ -8,7 +8,8 @@ one per module: ``submit`` (videos, questions), ``jobs`` (one job, list), ``queu
 ``dashboard`` (the live page, its files and its data), ``openapi`` (the document).
 Cross-cutting pieces: ``errors``
 (the status table), ``auth`` (JWT), ``limits`` (flask-limiter), ``security`` (CORS and
-headers), ``models`` and ``body`` (validation), ``video_urls`` (the SSRF policy).
+headers), ``models`` (validation), ``body`` (the body limit, JSON bodies),
+``video_urls``, ``meeting_links`` and ``url_rules`` (the SSRF policies).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from flask import Flask
 from actors.errors import SettingsError
 from web import dashboard, health, jobs, metrics, openapi, queue, submit
 from web.auth import load_token_verifier
+from web.body import BodyLimit, reject_oversized
 from web.context import EXTENSION, QudemoExtension
 from web.errors import register_error_handlers
 from web.limits import init_limits
@@ -82,6 +84,8 @@ def _build(settings: AppSettings, job_system: JobSystem, owns_system: bool) -> F
     metrics.init_metrics(app, job_system)  # first: its clock also times rate-limited requests
     init_limits(app, settings.web, exempt=[health.bp, metrics.bp, dashboard.bp, openapi.bp])
     init_security(app, settings.web)
+    app.wsgi_app = BodyLimit(app.wsgi_app, settings.web.max_body_bytes)  # type: ignore[method-assign]
+    app.before_request(reject_oversized)
     for module in (submit, jobs, queue, health, metrics, dashboard, openapi):
         app.register_blueprint(module.bp)
     return app

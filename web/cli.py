@@ -32,6 +32,8 @@ import click
 import requests
 from flask import Flask, Response, jsonify
 
+from actors.redact import redact_url
+
 F = TypeVar("F", bound=Callable[..., Any])
 KINDS = ("video", "qa")
 STATES = ("queued", "processing", "retrying", "completed", "failed", "cancelled")
@@ -80,7 +82,7 @@ class Server:
             reply = self.session.request(method, self.url + path, timeout=TIMEOUT_S, **kwargs)
         except requests.RequestException as exc:
             raise click.ClickException(
-                f"cannot reach the server at {self.url} ({type(exc).__name__}); is it "
+                f"cannot reach the server at {redact_url(self.url)} ({type(exc).__name__}); is it "
                 "running? Set --url or QUDEMO_URL") from None
         try:
             body: dict[str, Any] = reply.json()

@@ -32,7 +32,7 @@ from flask import Blueprint, Response, jsonify, request
 from actors.jobs import JobState
 from web.auth import require_admin
 from web.context import job_system
-from web.present import iso
+from web.present import iso, shown_error
 from web.queue import queue_status
 from web.security import DASHBOARD_CSP
 
@@ -96,7 +96,7 @@ def dashboard_data() -> dict[str, Any]:
                      "abandoned": bool(job.get("abandoned"))}
                     for job in running],
         "failures": [{"id": job.id, "type": job.kind.value, "attempts": job.attempts,
-                      "failedAt": iso(job.finished_at), "lastError": job.last_error}
+                      "failedAt": iso(job.finished_at), "lastError": shown_error(job)}
                      for job in failed],
         "pools": {kind: {"size": pool.get("size"), "alive": pool.get("alive"),
                          "busy": pool.get("busy"), "restarts": pool.get("restarts")}

@@ -11,7 +11,9 @@ error), or a kind has no live worker.
 when one is dead or stuck, so the platform restarts the process; ``/health/ready`` is 200
 while the core is alive, accepting and not unhealthy, else 503 with ``Retry-After`` (a
 draining instance must leave the load balancer) and the reasons. All three are exempt from
-the rate limit and need no token.
+the rate limit and need no token, so they show no address (Python API instances are
+numbered; their redacted addresses are in the authenticated ``/api/queue/status``) and no
+secret: free text (reasons, the store's last error) has every URL replaced by ``[address]``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from web.context import job_system
+from actors.redact import hide_addresses, redact_text
+from web.context import extension, job_system
 from web.present import instances_json, iso
 
 logger = logging.getLogger(__name__)
@@ -123,8 +126,11 @@ def _degraded_reasons(snapshot: dict[str, Any]) -> list[str]:
     if snapshot.get("all_instances_open"):
         reasons.append("no Python API instance is available (every breaker open): jobs wait")
     else:
-        reasons += [f"Python API {i['url']} {i['state']}" for i in snapshot.get("instances", [])
-                    if len(snapshot.get("instances", [])) > 1 and i.get("state") != "ok"]
+        instances = snapshot.get("instances", [])
+        # By number, not address: /health is anonymous (addresses: /api/queue/status).
+        reasons += [f"Python API instance {number} of {len(instances)} {i['state']}"
+                    for number, i in enumerate(instances, start=1)
+                    if len(instances) > 1 and i.get("state") != "ok"]
     reasons += [f"{kind} worker pool failed (restarts used up; it starts again after a while)"
                 for kind in snapshot.get("supervisor", {}).get("failed_pools", [])]
     supabase = snapshot.get("supabase") or {}
@@ -137,7 +143,7 @@ def _degraded_reasons(snapshot: dict[str, Any]) -> list[str]:
 def _reply(status: int, overall: str, reasons: list[str],
            snapshot: dict[str, Any] | None) -> Response:
     body: dict[str, Any] = {"status": overall, "timestamp": iso(time.time()),
-                            "reasons": reasons}
+                            "reasons": [_anonymous(reason) for reason in reasons]}
     if snapshot is not None:
         body["health"] = _details(snapshot)
     response = jsonify(body)
@@ -176,13 +182,21 @@ def _details(snapshot: dict[str, Any]) -> dict[str, Any]:
                    "workersAlive": pools.get(name, {}).get("alive")}
             for name, k in kinds.items()
         },
-        "pythonInstances": instances_json(snapshot),
+        "pythonInstances": instances_json(snapshot, addresses=False),
         "accepting": bool(snapshot.get("accepting", False)),
         "draining": bool(snapshot.get("draining", False)),
         "supabase": {"configured": bool(supabase.get("configured", False)),
                      "reachable": supabase.get("reachable")},
         "store": {"kind": store.get("kind"), "reachable": bool(store.get("reachable", True)),
                   "writable": bool(store.get("writable", True)),
-                  "latencyMs": store.get("latency_ms"), "lastError": store.get("last_error"),
+                  "latencyMs": store.get("latency_ms"),
+                  "lastError": (None if store.get("last_error") is None
+                                else _anonymous(str(store["last_error"]))),
                   "parkedWrites": store.get("parked_writes", 0)},
     }
+
+
+def _anonymous(text: str) -> str:
+    """Return free text fit for an anonymous reply: no address, no configured secret."""
+    core = extension().settings.core
+    return hide_addresses(redact_text(text, (core.database_url, core.supabase_service_role_key)))

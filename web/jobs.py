@@ -17,7 +17,7 @@ from actors.jobs import Job, JobKind, JobState
 from web.auth import current_principal, require_user
 from web.context import job_system
 from web.errors import RequestInvalid
-from web.models import EXTERNAL_ID, JOB_ID, check_path_id
+from web.models import EXTERNAL_ID, JOB_ID, check_path_id, query_int, query_value
 from web.present import accepted, job_json
 
 logger = logging.getLogger(__name__)
@@ -64,16 +64,15 @@ def list_jobs() -> Response:
     principal = current_principal()
     args = request.args
     problems: list[dict[str, str]] = []
-    by_type, by_kind = (_enum(JobKind, args.get(name), name, problems) for name in ("type", "kind"))
+    by_type, by_kind = (_enum(JobKind, query_value(args, name, problems), name, problems)
+                        for name in ("type", "kind"))
     if by_type and by_kind and by_type != by_kind:
         problems.append({"field": "kind", "message": "disagrees with type (send one of them)"})
     kind = by_type or by_kind
-    state = _enum(JobState, args.get("status"), "status", problems)
-    limit_text = args.get("limit", "100")
-    limit = int(limit_text) if limit_text.isdigit() and len(limit_text) < 5 else 0
-    if not 1 <= limit <= MAX_LIST:
-        problems.append({"field": "limit", "message": f"must be an integer from 1 to {MAX_LIST}"})
-    owner = args.get("owner") if principal.is_admin else principal.user_id
+    state = _enum(JobState, query_value(args, "status", problems), "status", problems)
+    limit = query_int(args, "limit", 100, minimum=1, maximum=MAX_LIST, problems=problems)
+    # A user's owner filter is ignored, whatever its value: a user lists their own jobs.
+    owner = query_value(args, "owner", problems) if principal.is_admin else principal.user_id
     if owner is not None and not EXTERNAL_ID.match(owner) and owner != principal.user_id:
         problems.append({"field": "owner", "message": "has an invalid length or characters"})
     if problems:

@@ -45,6 +45,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from werkzeug.exceptions import NotFound
 
+from actors.redact import redact_url
 from web.auth import current_principal
 from web.context import extension
 from web.errors import NotAllowed
@@ -249,7 +250,7 @@ def _python_api_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
                                         "Memory the instance reported.", labels=["instance"])
     checked = memory.get("checked_at") is not None
     for item in snapshot.get("instances", []):
-        url = str(item.get("url"))
+        url = redact_url(str(item.get("url")))  # a label is shown: never its credentials
         if checked:  # before the first reading nothing is known, not "down"
             reachable.add_metric([url], 1 if item.get("reachable") else 0)
         available.add_metric([url], 1 if item.get("state") == "ok" else 0)

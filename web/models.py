@@ -1,4 +1,4 @@
-r"""Request bodies and path ids, validated with pydantic v2.
+r"""Request bodies, path ids and query parameters, validated (bodies with pydantic v2).
 
 Every problem is reported at once, under the canonical snake_case field name whatever
 spelling the client used (``videoUrl`` and ``url`` are reported as ``video_url``).
@@ -13,6 +13,14 @@ whole-string match: the patterns end in ``\\Z``, so a trailing newline never pas
 * bucket names: ``^[a-z0-9][a-z0-9._\\-]{2,62}$``; sources: ``^[a-z][a-z0-9_\\-]{0,31}$``;
 * questions: 1..2000 characters after stripping, any script, no control characters
   other than tab and newline.
+* ``video_url``: ``web.video_urls`` (known video shapes only; the job carries the
+  canonical URL built from the video's id); ``meeting_link``: ``web.meeting_links`` (a
+  public web address, rebuilt from its checked parts).
+
+Query parameters are read with ``query_value`` and ``query_int``: a parameter given more
+than once is refused (which value was meant is not guessed), and integers are ASCII decimal
+digits only (``int()`` and ``str.isdigit()`` also take ``'\u0661'``, ``'\u00b2'``, ``' 5'``,
+``'+5'``).
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from werkzeug.datastructures import MultiDict
 
 from web.errors import RequestInvalid, validation_details
+from web.meeting_links import check_meeting_link
 from web.video_urls import VideoUrl, check_video_url
 
 COMPANY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}\Z")
@@ -43,9 +53,9 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._\-]{2,62}\Z")
 SOURCE = re.compile(r"^[a-z][a-z0-9_\-]{0,31}\Z")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-LINK = re.compile(r"^https?://[\x21-\x7e]+\Z", re.IGNORECASE)
+DECIMAL = re.compile(r"[0-9]{1,9}\Z")
+"""An integer query value: ASCII digits only, short enough that ``int()`` is cheap."""
 QUESTION_MAX = 2000
-LINK_MAX = 2048
 
 CANONICAL_NAMES = {
     "videoUrl": "video_url", "url": "video_url", "companyName": "company_name",
@@ -95,7 +105,8 @@ class VideoBody(_Body):
     @classmethod
     def _video_url(cls, value: str, info: ValidationInfo) -> str:
         allowed: Iterable[str] = (info.context or {}).get("allowed_hosts", ())
-        return check_video_url(value, allowed).url
+        check_video_url(value, allowed)  # the canonical URL is kept by the model validator
+        return value
 
     @field_validator("company_name")
     @classmethod
@@ -122,11 +133,7 @@ class VideoBody(_Body):
     def _meeting_link(cls, value: str | None) -> str | None:
         if not value:
             return None
-        if len(value) > LINK_MAX or not LINK.match(value):
-            raise ValueError(f"must be an http or https URL of at most {LINK_MAX} characters")
-        if "@" in value.split("/", 3)[2]:
-            raise ValueError("must not contain user information")
-        return value
+        return check_meeting_link(value)  # its own policy: a public web address
 
     @field_validator("bucket_name")
     @classmethod
@@ -162,7 +169,7 @@ class VideoBody(_Body):
     def job_data(self) -> dict[str, Any]:
         """Return the data a video job carries to the worker."""
         data: dict[str, Any] = {
-            "video_url": self.video_url,
+            "video_url": self.video.url,  # canonical, built from the id: never the raw string
             "company_name": self.company_name,
             "source": self.source or self.video.source,
             "create_qudemo": self.create_qudemo,
@@ -246,3 +253,33 @@ def check_path_id(value: str, field: str, pattern: re.Pattern[str] = EXTERNAL_ID
     if pattern.match(value):
         return []
     return [{"field": field, "message": "has an invalid length or characters"}]
+
+
+def query_value(args: MultiDict[str, str], name: str,
+                problems: list[dict[str, str]]) -> str | None:
+    """Return the value of query parameter ``name``, or ``None`` when it is absent.
+
+    A parameter given more than once is a problem (and ``None``): answering for one of
+    the values would be a guess.
+    """
+    values = args.getlist(name)
+    if len(values) > 1:
+        problems.append({"field": name, "message": "must be given at most once"})
+        return None
+    return values[0] if values else None
+
+
+def query_int(args: MultiDict[str, str], name: str, default: int, *, minimum: int,
+              maximum: int, problems: list[dict[str, str]]) -> int:
+    """Return query parameter ``name`` as an integer in ``[minimum, maximum]``.
+
+    Absent: ``default``. Anything but ASCII decimal digits in range (an empty value too)
+    is a problem, and ``default`` is returned so that the caller can go on collecting.
+    """
+    text = query_value(args, name, problems)
+    if text is None:
+        return default
+    if DECIMAL.match(text) and minimum <= int(text) <= maximum:
+        return int(text)
+    problems.append({"field": name, "message": f"must be an integer from {minimum} to {maximum}"})
+    return default

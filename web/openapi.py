@@ -35,7 +35,7 @@ REF = "#/components/schemas/{model}"
 _PARAMETER = re.compile(r"<(?:[^<>:]*:)?(\w+)>")
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 EXAMPLE_VIDEO_URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
-EXAMPLE_CLIENT_VIDEO_URL = "https://www.loom.com/share/0123456789abcdef"
+EXAMPLE_CLIENT_VIDEO_URL = "https://www.loom.com/share/0123456789abcdef0123456789abcdef"
 
 PATH_PATTERNS = {
     "job_id": r"^[A-Za-z0-9_\-]{1,64}$",

@@ -4,22 +4,54 @@ Times are ISO-8601 UTC strings with milliseconds and a ``Z`` (what the Node back
 ``Date.toISOString`` produced). A wait is a human range such as ``"10-30 seconds"`` or
 ``"4-10 minutes"``: from half to one and a half times the estimate, rounded outwards,
 never ``NaN``.
+
+A job's ``lastError`` is a short category for its owner (``"timed out"``, ``"rejected by
+the processing service"``, ...: ``ERROR_CATEGORIES``) and the full text only for admins:
+the Python API's own error text can name its internals (paths, hosts, stack traces).
+Python API addresses are shown redacted (``actors.redact``), and not at all where the
+caller may be anonymous (``instances_json(..., addresses=False)`` for ``/health``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify
 
 from actors.jobs import Job, JobState, thaw
+from actors.redact import redact_url
+from actors.result_writer import STORE_FAILED_PREFIX
+from web.auth import current_principal
 
 if TYPE_CHECKING:
     from actors.system import Submission
 
 LOW, HIGH = 0.5, 1.5
+
+TIMED_OUT = "timed out"
+SERVICE_FAILED = "the processing service failed"
+REJECTED = "rejected by the processing service"
+INTERRUPTED = "interrupted"
+CANCELLED = "cancelled"
+ERROR_CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), category) for pattern, category in (
+        (r"^DeadlineExceeded\b", TIMED_OUT),
+        (r"^(interrupted\b|WorkerCrashed\b)", INTERRUPTED),
+        (r"^\w+: .*\b(cut|not called): (shutting down|presumed dead)", INTERRUPTED),
+        (r"^cancel", CANCELLED),
+        (r"^PermanentCallFailure: unknown company\b", "unknown company"),
+        (r"^CompanyLookupFailed\b", "the company could not be looked up"),
+        (r"^PermanentCallFailure: .* answered 4\d\d\b", REJECTED),
+        (r"^\w+: .* answered 429\b", "the processing service was busy"),
+        (r"^\w+: .* unreachable\b", "the processing service could not be reached"),
+        (r"^(PermanentCallFailure|RetryableCallFailure)\b", SERVICE_FAILED),
+        (rf"^{re.escape(STORE_FAILED_PREFIX)}", "the result could not be stored"),
+    ))
+"""The first pattern that matches a job's error text gives what its owner sees."""
+OTHER_ERROR = "failed"
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -50,8 +82,31 @@ def _range(lo: int, hi: int, unit: str) -> str:
     return f"{lo}-{hi} {unit}"
 
 
-def job_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
-    """Return the public view of ``job`` (``GET /api/queue/jobs/<kind>/<id>``)."""
+def error_category(text: str | None) -> str | None:
+    """Return the short category of a job's error text (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    return next((category for pattern, category in ERROR_CATEGORIES if pattern.search(text)),
+                OTHER_ERROR)
+
+
+def shown_error(job: Job, full: bool | None = None) -> str | None:
+    """Return ``job``'s last error as the caller may see it.
+
+    ``full``: the whole text (admins) or only its category; ``None`` asks the current
+    request's caller (an admin sees the text; outside a request, the category).
+    """
+    if full is None:
+        full = has_request_context() and current_principal().is_admin
+    return job.last_error if full else error_category(job.last_error)
+
+
+def job_json(job: Job, queue_position: int | None = None, *,
+             full_error: bool | None = None) -> dict[str, Any]:
+    """Return the public view of ``job`` (``GET /api/queue/jobs/<kind>/<id>``).
+
+    ``lastError`` is ``shown_error(job, full_error)``: the category unless an admin asks.
+    """
     finished = iso(job.finished_at)
     return {
         "id": job.id,
@@ -67,7 +122,7 @@ def job_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
         "attempts": job.attempts,
         "maxAttempts": job.max_attempts,
         "queuePosition": queue_position,
-        "lastError": job.last_error,
+        "lastError": shown_error(job, full_error),
         "result": thaw(job.result) if job.result is not None else None,
         "data": thaw(job.data),
     }
@@ -100,12 +155,21 @@ def accepted(submission: Submission, message: str) -> Response:
     return response
 
 
-def instances_json(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
-    """Return each Python API instance: address, state, in-flight by kind, last memory reading."""
-    return [
-        {"url": item.get("url"), "state": item.get("state"),
-         "inFlight": item.get("in_flight", {}), "limits": item.get("limits", {}),
-         "memoryMb": item.get("memory_mb"), "status": item.get("status", "unknown"),
-         "reachable": bool(item.get("reachable", False))}
-        for item in snapshot.get("instances", [])
-    ]
+def instances_json(snapshot: dict[str, Any], *, addresses: bool = True
+                   ) -> list[dict[str, Any]]:
+    """Return each Python API instance: number, state, in-flight by kind, memory reading.
+
+    ``addresses``: with each one's address (redacted); without, for anonymous callers.
+    """
+    shown = []
+    for number, item in enumerate(snapshot.get("instances", []), start=1):
+        entry: dict[str, Any] = {"instance": number}
+        if addresses:
+            entry["url"] = redact_url(str(item.get("url")))
+        entry.update({
+            "state": item.get("state"), "inFlight": item.get("in_flight", {}),
+            "limits": item.get("limits", {}), "memoryMb": item.get("memory_mb"),
+            "status": item.get("status", "unknown"),
+            "reachable": bool(item.get("reachable", False))})
+        shown.append(entry)
+    return shown

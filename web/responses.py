@@ -71,7 +71,9 @@ class Job(_Doc):
     attempts: int
     maxAttempts: int
     queuePosition: int | None
-    lastError: str | None
+    lastError: str | None = Field(description="Why the last attempt failed: a short category "
+                                  "(\"timed out\", \"rejected by the processing service\", "
+                                  "...) for its owner, the full text for admins.")
     result: Any = Field(description="The Python API's answer once completed.")
     data: dict[str, Any] = Field(description="What the job was submitted with.")
 
@@ -142,7 +144,9 @@ class Memory(_Doc):
 class PythonInstance(_Doc):
     """One Python API instance."""
 
-    url: str | None
+    instance: int = Field(description="Its place in PYTHON_API_BASE_URL, from 1.")
+    url: str | None = Field(None, description="Its address, credentials shown as ***; absent "
+                                              "in /health, which anyone may read.")
     state: str | None
     inFlight: dict[str, int]
     limits: dict[str, int]

@@ -22,18 +22,26 @@ Decisions worth knowing (the README's configuration table repeats them):
   ``/metrics`` then answers 404 (see ``web.metrics``).
 * ``LOG_FORMAT`` is ``text`` (the default) or ``json``: one JSON object per line, with
   ``job_id``, ``kind``, ``attempt`` and ``event`` on job lifecycle lines.
+* A message about a bad value never quotes a secret: the values of ``SECRET_VARIABLES``
+  and the credentials in any URL (``user:password@``, ``?password=``) are shown as ``***``
+  (``redact``).
+* A bad configuration stops the server: gunicorn's master runs ``main`` in a child process
+  before it binds or forks (``gunicorn.conf.py``), and a worker that finds one anyway exits
+  with ``EXIT_CONFIG_ERROR``, gunicorn's code for "halt, do not boot another worker".
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from actors.errors import SettingsError
 from actors.logs import JsonFormatter
+from actors.redact import redact_text, url_secrets
 from actors.settings import EnvReader, Settings, merged_environ, warn_superseded
 from web.video_urls import is_ip_literal, valid_hostname
 
@@ -48,6 +56,14 @@ LOG_FORMATS = ("text", "json")
 METRICS_ACCESS = ("admin", "public")
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 MIN_JWT_SECRET_BYTES = 32
+SECRET_VARIABLES = ("JWT_SECRET", "SUPABASE_SERVICE_ROLE_KEY", "DATABASE_URL",
+                    "RATE_LIMIT_STORAGE_URI")
+"""Variables whose values are secrets or may hold one: never quoted in a message."""
+EXIT_CONFIG_ERROR = 3
+"""Exit status for a bad configuration: gunicorn's ``Arbiter.WORKER_BOOT_ERROR``, on which
+the master stops instead of booting another worker."""
+ADDRESS_VARIABLES = ("PYTHON_API_BASE_URL", "PYTHON_API_BASE_URLS", "SUPABASE_URL")
+"""Variables holding addresses: only the credentials in them are secret."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,14 +102,18 @@ class WebSettings:
     def problems(self) -> list[str]:
         """Return what is wrong with these values (empty when they are usable)."""
         found: list[str] = []
-        if self.production and not self.jwt_secret:
-            found.append("JWT_SECRET is required when APP_ENV (or NODE_ENV) is production")
+        if not self.jwt_secret and self.environment != "development":
+            # Fails closed: without a secret every caller would be the local admin. Only
+            # an explicit APP_ENV=development (a laptop) runs like that.
+            shown = self.environment or "unset"
+            found.append(f"JWT_SECRET is required (APP_ENV is {shown}); only APP_ENV=development"
+                         " runs without authentication, every caller acting as the local admin")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
             found.append(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes for HS256 "
                          "(python -c 'import secrets; print(secrets.token_hex(32))')")
         for origin in self.cors_origins:
             if origin != "*" and not _is_origin(origin):
-                found.append(f"CORS_ORIGINS entry {origin!r} is not an origin such as "
+                found.append(f"CORS_ORIGINS entry {redact(origin)!r} is not an origin such as "
                              "https://app.example.com")
         for host in self.video_url_allowed_hosts:
             bare = host[2:] if host.startswith("*.") else host
@@ -103,8 +123,8 @@ class WebSettings:
             found.append("VIDEO_URL_ALLOWED_HOSTS must list at least one host")
         scheme = self.rate_limit_storage_uri.split("://", 1)[0]
         if "://" not in self.rate_limit_storage_uri or scheme not in _storage_schemes():
-            found.append(f"RATE_LIMIT_STORAGE_URI={self.rate_limit_storage_uri!r} is not a "
-                         "storage URI such as memory:// or redis://host:6379")
+            found.append(f"RATE_LIMIT_STORAGE_URI={redact(self.rate_limit_storage_uri)!r} is "
+                         "not a storage URI such as memory:// or redis://host:6379")
         if self.log_level not in LOG_LEVELS:
             found.append(f"LOG_LEVEL={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
@@ -123,7 +143,8 @@ class WebSettings:
         window_ms = env.number("RATE_LIMIT_WINDOW_MS", 900000, minimum=1000)
         settings = cls(
             jwt_secret=env.raw("JWT_SECRET"),
-            environment=(env.raw("APP_ENV") or env.raw("NODE_ENV") or d.environment).lower(),
+            # Unset is not development: authentication is off only when asked for.
+            environment=(env.raw("APP_ENV") or env.raw("NODE_ENV") or "").strip().lower(),
             cors_origins=tuple(o.rstrip("/") for o in _split(env.raw("CORS_ORIGINS"))),
             rate_limit_max_requests=env.number("RATE_LIMIT_MAX_REQUESTS", 200, allow_zero=False),
             # limits counts windows in whole seconds; round up so a window is never shortened.
@@ -159,16 +180,45 @@ def load_settings(
     """Read core and web settings from ``environ`` (and ``.env``) through one reader.
 
     Raises:
-        SettingsError: naming every variable whose value is bad, core and web alike.
+        SettingsError: naming every variable whose value is bad, core and web alike; no
+            secret value is quoted (``redact``).
     """
     merged = merged_environ(environ, dotenv_path)
     reader = EnvReader(merged)
     core = Settings.read(reader)
     web = WebSettings.read(reader)
     if reader.problems:
-        raise SettingsError(reader.problems)
+        secrets = [merged.get(name) or "" for name in SECRET_VARIABLES]
+        secrets += [part for name in ADDRESS_VARIABLES for part in url_secrets(merged.get(name))]
+        raise SettingsError([redact(problem, secrets) for problem in reader.problems])
     warn_superseded(merged)
     return AppSettings(core=core, web=web)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` with each of ``secrets`` and every credential in a URL as ``***``.
+
+    A URL's user information is hidden whole (``redis://***@host``; a token is often the
+    user name), and so are the values of ``password``, ``token``, ``key`` and similar query
+    parameters. Secrets shorter than 4 characters are not searched for: no message quotes
+    one, and replacing them would garble the text. The one helper is ``actors.redact``.
+    """
+    return redact_text(text, secrets)
+
+
+def main() -> int:
+    """Check the environment's settings as the server would; print each problem on a line.
+
+    Returns ``EXIT_CONFIG_ERROR`` when there is one, else 0. gunicorn.conf.py runs this in
+    a child process of the master (``python -c "import web.settings as s;
+    raise SystemExit(s.main())"``), so that the master itself imports none of the app.
+    """
+    try:
+        load_settings()
+    except SettingsError as exc:
+        sys.stdout.write("".join(f"{problem}\n" for problem in exc.problems))
+        return EXIT_CONFIG_ERROR
+    return 0
 
 
 def configure_logging(settings: WebSettings) -> None:

@@ -1,37 +1,67 @@
-r"""The video URL policy: which URLs the Python API may be asked to fetch.
+"""The video URL policy: which videos the Python API may be asked to fetch, and how.
 
 The Python API downloads whatever ``video_url`` names, from inside our network, so a
-URL is a request we make on the client's behalf (SSRF). A URL passes only when:
+URL is a request made on the client's behalf (SSRF). Checking the host alone is not
+enough: an allowed host can send the fetch elsewhere (``youtube.com/redirect?q=...``,
+``youtube.com/attribution_link?u=...``). So a URL is accepted **by its shape**, and what
+the Python API receives is **built from the video's id**, never the client's string.
 
-* it is printable ASCII with no whitespace or backslash (parsers disagree on those:
-  ``https://loom.com\\@evil`` is ``evil`` to a browser), at most 2048 characters;
-* its scheme is ``http`` or ``https``;
-* it has no user-info (``https://loom.com@169.254.169.254/`` is the metadata service);
-* its host is a DNS name, never an IP literal in any spelling (``[::1]``, ``127.1``,
-  ``2130706433``, ``0x7f000001``);
-* its port is absent, 80 or 443;
-* its host is in the allow-list (exact match, or ``*.example.com`` for subdomains).
+A URL passes when it keeps the common rules (``web.url_rules``: http(s), printable
+ASCII, no user-info, a DNS host and no IP literal), has no port or 80/443, its host is
+in ``VIDEO_URL_ALLOWED_HOSTS``, and, when the host belongs to a known platform, it has
+one of that platform's video shapes:
 
-Only the host decides: ``http://169.254.169.254/?x=loom.com`` is refused because the
-host is an address, whatever the query says.
+=========  ==========================================================  ==========================
+platform   accepted (the id must match its pattern exactly)            forwarded
+=========  ==========================================================  ==========================
+YouTube    ``(www|m|music.)youtube.com/watch?v=ID``, ``youtu.be/ID``,    ``https://www.youtube.com/
+           ``/shorts/ID``, ``/embed/ID``, ``/live/ID``;                  watch?v=ID``
+           ``youtube-nocookie.com/embed/ID``; ID: 11 of ``[A-Za-z0-9_-]``
+Loom       ``(www.)loom.com/share/ID`` (also ``/share/Title-ID``),      ``https://www.loom.com/
+           ``/embed/ID``; ID: 32 hex digits                              share/ID``
+Vimeo      ``(www.)vimeo.com/ID``, ``vimeo.com/ID/HASH``,               ``https://vimeo.com/ID``
+           ``player.vimeo.com/video/ID(?h=HASH)``; ID: digits           (``/HASH`` when unlisted)
+=========  ==========================================================  ==========================
+
+Anything else on a platform's domain (another path, another subdomain, a redirector)
+is refused with a message saying what is accepted. Other query parameters and the
+fragment are dropped (``t=42s``, ``si=...``, ``list=...``). A host of no known platform
+that an operator added to the allow-list is taken as given (its rules are the
+operator's), normalised: lower-case host, no default port, no fragment.
+
+The duplicate key of a video is its platform and id (``youtube:dQw4w9WgXcQ``), so every
+spelling of one video is one job.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlunsplit
 
-MAX_URL_LENGTH = 2048
+from web.url_rules import (
+    MAX_URL_LENGTH,
+    HttpUrl,
+    host_allowed,
+    is_ip_literal,
+    parse_http_url,
+    valid_hostname,
+)
+
+__all__ = ["ALLOWED_PORTS", "MAX_URL_LENGTH", "SOURCE_FAMILIES", "VideoUrl", "check_video_url",
+           "host_allowed", "is_ip_literal", "source_of", "valid_hostname"]
+
 ALLOWED_PORTS = frozenset({80, 443})
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)\Z")
-_SAFE = re.compile(r"^[\x21-\x7e]+\Z")
-_YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{6,32}\Z")
+YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}\Z")
+LOOM_ID = re.compile(r"(?:[A-Za-z0-9-]*-)?([0-9a-fA-F]{32})\Z")
+"""A Loom share id, optionally after the title slug Loom puts in front of it."""
+VIMEO_ID = re.compile(r"[1-9][0-9]{0,11}\Z")
+VIMEO_HASH = re.compile(r"[0-9a-f]{6,20}\Z")
 _TRACKING = frozenset({"si", "feature", "fbclid", "gclid", "pp"})
+_YOUTUBE_REDIRECTS = frozenset({"redirect", "attribution_link", "url", "supported_browsers"})
+_NOT_IDS = frozenset({"videoseries"})
+"""Eleven characters that name a YouTube page, not a video (``/embed/videoseries?list=``)."""
 
 SOURCE_FAMILIES: dict[str, tuple[str, ...]] = {
     "youtube": ("youtube.com", "youtu.be", "youtube-nocookie.com"),
@@ -40,55 +70,27 @@ SOURCE_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 """Which registrable domains (and their subdomains) make which ``source``."""
 
+YOUTUBE_SHAPES = ("https://www.youtube.com/watch?v=<id>, https://youtu.be/<id>, "
+                  "/shorts/<id>, /embed/<id> or /live/<id>, with an 11-character id")
+LOOM_SHAPES = "https://www.loom.com/share/<id> or /embed/<id>, with a 32-hex-digit id"
+VIMEO_SHAPES = ("https://vimeo.com/<number>, https://vimeo.com/<number>/<hash> or "
+                "https://player.vimeo.com/video/<number>")
+
 
 @dataclass(frozen=True, slots=True)
 class VideoUrl:
     """A video URL that passed the policy."""
 
     url: str
-    """The URL as given (stripped): what the Python API receives."""
+    """What the Python API receives: the canonical URL built from the id (known platforms)."""
     host: str
-    """The lower-case host, without a trailing dot."""
+    """The lower-case host the client wrote, without a trailing dot."""
     source: str | None
     """``youtube``, ``loom`` or ``vimeo`` when the host belongs to one, else ``None``."""
     key: str
     """A normalised form for duplicate detection (same video, same key)."""
-
-
-def valid_hostname(host: str) -> bool:
-    """Tell whether ``host`` is a syntactically valid DNS name (lower-case labels)."""
-    labels = host.split(".")
-    return 0 < len(host) <= 253 and all(_LABEL.match(label) for label in labels)
-
-
-def is_ip_literal(host: str) -> bool:
-    """Tell whether ``host`` is an IP address in any spelling a resolver would accept."""
-    bare = host.strip("[]")
-    try:
-        ipaddress.ip_address(bare)
-        return True
-    except ValueError:
-        pass
-    labels = bare.rstrip(".").split(".")
-    # WHATWG URL parsing treats a host whose last label is numeric as IPv4 (127.1, 0x7f.1).
-    if labels and _NUMERIC_LABEL.match(labels[-1].lower()):
-        return True
-    try:
-        socket.inet_aton(bare)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def host_allowed(host: str, allowed: Iterable[str]) -> bool:
-    """Tell whether ``host`` matches an allow-list entry (exact, or ``*.`` for subdomains)."""
-    for entry in allowed:
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]) and host != entry[2:]:
-                return True
-        elif host == entry:
-            return True
-    return False
+    video_id: str | None = None
+    """The platform's id of the video (``None`` on a host of no known platform)."""
 
 
 def source_of(host: str) -> str | None:
@@ -100,66 +102,111 @@ def source_of(host: str) -> str | None:
 
 
 def check_video_url(raw: str, allowed: Iterable[str]) -> VideoUrl:
-    """Return the parsed URL if it passes the policy.
+    """Return the checked video, with the canonical URL to forward.
 
     Raises:
-        ValueError: with a message saying which rule the URL broke.
+        ValueError: with a message saying which rule the URL broke, or which shapes
+            its platform accepts.
     """
-    text = raw.strip()
-    if not text:
-        raise ValueError("must not be empty")
-    if len(text) > MAX_URL_LENGTH:
-        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
-    if not _SAFE.match(text) or "\\" in text:
-        raise ValueError("must be printable ASCII without spaces or backslashes "
-                         "(percent-encode other characters)")
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError("is not a valid URL") from exc
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError("must be an http or https URL")
-    if "@" in parts.netloc:
-        raise ValueError("must not contain user information")
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise ValueError("must name a host")
-    if is_ip_literal(host) or parts.netloc.startswith("["):
-        raise ValueError("must name a host, not an IP address")
-    if not valid_hostname(host):
-        raise ValueError("has an invalid host name")
-    if port is not None and port not in ALLOWED_PORTS:
+    url = parse_http_url(raw)
+    if url.port is not None and url.port not in ALLOWED_PORTS:
         raise ValueError("must not name a port other than 80 or 443")
-    if not host_allowed(host, allowed):
-        raise ValueError(f"host {host!r} is not an allowed video host")
-    source = source_of(host)
-    return VideoUrl(url=text, host=host, source=source, key=_dedupe_key(parts, host, source))
+    if not host_allowed(url.host, allowed):
+        raise ValueError(f"host {url.host!r} is not an allowed video host")
+    source = source_of(url.host)
+    if source is None:
+        return _operator_host(url)
+    video_id, canonical = _PLATFORMS[source](url, _segments(url.path), _query(url.query))
+    return VideoUrl(url=canonical, host=url.host, source=source, key=f"{source}:{video_id}",
+                    video_id=video_id)
 
 
-def _dedupe_key(parts: SplitResult, host: str, source: str | None) -> str:
-    """Return one key for every spelling of the same video (youtu.be/X == watch?v=X)."""
-    path = parts.path
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+def _segments(path: str) -> list[str]:
+    """Return the path's segments; one trailing slash is allowed, empty segments are kept."""
+    if path.endswith("/") and len(path) > 1:
+        path = path[:-1]
+    return path[1:].split("/") if path.startswith("/") else [path]
+
+
+def _query(query: str) -> list[tuple[str, str]]:
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def _one(query: list[tuple[str, str]], name: str) -> str | None:
+    """Return the one value of ``name``; refuse it given twice (which was meant?)."""
+    values = [v for k, v in query if k == name]
+    if len(values) > 1:
+        raise ValueError(f"names more than one video ({name}= is given {len(values)} times)")
+    return values[0] if values else None
+
+
+def _youtube(url: HttpUrl, segments: list[str], query: list[tuple[str, str]]
+             ) -> tuple[str, str]:
+    host, candidate = url.host, None
+    if segments and segments[0] in _YOUTUBE_REDIRECTS and host != "youtu.be":
+        raise ValueError("is a YouTube redirect link, not a video: send the video's own "
+                         f"address ({YOUTUBE_SHAPES})")
+    if host == "youtu.be":
+        candidate = segments[0] if len(segments) == 1 else None
+    elif host in ("youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com"):
+        if segments == ["watch"]:
+            candidate = _one(query, "v")
+        elif len(segments) == 2 and segments[0] in ("shorts", "embed", "live"):
+            candidate = segments[1]
+    elif host in ("youtube-nocookie.com", "www.youtube-nocookie.com"):
+        candidate = segments[1] if len(segments) == 2 and segments[0] == "embed" else None
+    else:
+        raise ValueError(f"host {host!r} serves no YouTube videos: use {YOUTUBE_SHAPES}")
+    if candidate is None or not YOUTUBE_ID.match(candidate) or candidate in _NOT_IDS:
+        raise ValueError(f"is not a YouTube video URL: use {YOUTUBE_SHAPES}")
+    return candidate, f"https://www.youtube.com/watch?v={candidate}"
+
+
+def _loom(url: HttpUrl, segments: list[str], query: list[tuple[str, str]]) -> tuple[str, str]:
+    if url.host not in ("loom.com", "www.loom.com"):
+        raise ValueError(f"host {url.host!r} serves no Loom videos: use {LOOM_SHAPES}")
+    found = None
+    if len(segments) == 2 and segments[0] == "share":
+        found = LOOM_ID.match(segments[1])
+    elif len(segments) == 2 and segments[0] == "embed":
+        found = LOOM_ID.match(segments[1]) if len(segments[1]) == 32 else None
+    if found is None:
+        raise ValueError(f"is not a Loom video URL: use {LOOM_SHAPES}")
+    video_id = found.group(1).lower()
+    return video_id, f"https://www.loom.com/share/{video_id}"
+
+
+def _vimeo(url: HttpUrl, segments: list[str], query: list[tuple[str, str]]) -> tuple[str, str]:
+    video_id, secret = None, None
+    if url.host in ("vimeo.com", "www.vimeo.com"):
+        if len(segments) in (1, 2):
+            video_id = segments[0]
+            secret = segments[1] if len(segments) == 2 else None
+    elif url.host == "player.vimeo.com":
+        if len(segments) == 2 and segments[0] == "video":
+            video_id, secret = segments[1], _one(query, "h")
+    else:
+        raise ValueError(f"host {url.host!r} serves no Vimeo videos: use {VIMEO_SHAPES}")
+    if (video_id is None or not VIMEO_ID.match(video_id)
+            or (secret is not None and not VIMEO_HASH.match(secret))):
+        raise ValueError(f"is not a Vimeo video URL: use {VIMEO_SHAPES}")
+    tail = f"/{secret}" if secret else ""  # an unlisted video is reachable only with it
+    return video_id, f"https://vimeo.com/{video_id}{tail}"
+
+
+_PLATFORMS: dict[str, Callable[[HttpUrl, list[str], list[tuple[str, str]]], tuple[str, str]]] = {
+    "youtube": _youtube, "loom": _loom, "vimeo": _vimeo,
+}
+
+
+def _operator_host(url: HttpUrl) -> VideoUrl:
+    """Accept a URL on a host an operator allowed that belongs to no known platform."""
+    netloc = url.host if url.port in (None, 80 if url.scheme == "http" else 443) else (
+        f"{url.host}:{url.port}")
+    path = url.path or "/"
+    normalised = urlunsplit((url.scheme, netloc, path, url.query, ""))
+    query = [(k, v) for k, v in _query(url.query)
              if k.lower() not in _TRACKING and not k.lower().startswith("utm_")]
-    if source == "youtube":
-        video_id = _youtube_id(host, path, dict(query))
-        if video_id:
-            return f"youtube:{video_id}"
-    bare_host = host.removeprefix("www.").removeprefix("m.")
     tail = f"?{urlencode(sorted(query))}" if query else ""
-    return f"{bare_host}{path.rstrip('/') or '/'}{tail}"
-
-
-def _youtube_id(host: str, path: str, query: dict[str, str]) -> str | None:
-    candidate: str | None = None
-    segments = [s for s in path.split("/") if s]
-    if host == "youtu.be" and segments:
-        candidate = segments[0]
-    elif "v" in query:
-        candidate = query["v"]
-    elif len(segments) >= 2 and segments[0] in ("embed", "shorts", "live", "v"):
-        candidate = segments[1]
-    if candidate and _YOUTUBE_ID.match(candidate):
-        return candidate
-    return None
+    key = f"{url.host.removeprefix('www.')}{path.rstrip('/') or '/'}{tail}"
+    return VideoUrl(url=normalised, host=url.host, source=None, key=key)

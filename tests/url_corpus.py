@@ -1,0 +1,332 @@
+"""Crafted URLs for the URL policies, with what each must become (grow this list).
+
+``VIDEO_URLS`` and ``MEETING_LINKS`` map a URL as a client could send it to what must be
+forwarded to the Python API (the canonical URL built from the video's id, or the checked
+meeting link rebuilt), or to ``None`` when it must be refused with a 400 naming the
+field. The video entries assume the default ``VIDEO_URL_ALLOWED_HOSTS``.
+
+``youtube_url(tag)`` gives tests a valid, canonical video URL for any tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+YT_ID = "dQw4w9WgXcQ"
+YT = f"https://www.youtube.com/watch?v={YT_ID}"
+LOOM_ID = "0123456789abcdef0123456789abcdef"
+LOOM = f"https://www.loom.com/share/{LOOM_ID}"
+_ID = re.compile(r"[A-Za-z0-9_-]{1,11}\Z")
+
+
+def youtube_url(tag: str) -> str:
+    """Return the canonical URL of a YouTube video whose 11-character id comes from ``tag``.
+
+    A short tag of id characters is padded with ``_`` (it stays readable in logs); any other
+    tag is hashed. The URL is canonical: it is exactly what the Python API receives.
+    """
+    if _ID.match(tag):
+        video_id = tag.ljust(11, "_")
+    else:
+        digest = hashlib.sha256(tag.encode()).digest()
+        video_id = base64.urlsafe_b64encode(digest).decode()[:11]
+    return f"https://www.youtube.com/watch?v={video_id}"
+
+
+VIDEO_ACCEPTED: dict[str, str] = {
+    # YouTube: watch, youtu.be, shorts, embed, live; extra parameters dropped
+    YT: YT,
+    f"http://www.youtube.com/watch?v={YT_ID}": YT,
+    f"https://youtube.com/watch?v={YT_ID}": YT,
+    f"https://m.youtube.com/watch?v={YT_ID}": YT,
+    f"http://m.youtube.com/watch?v={YT_ID}": YT,
+    f"https://www.youtube.com/watch?v={YT_ID}&t=42s": YT,
+    f"https://youtube.com/watch?v={YT_ID}&t=42s": YT,
+    f"https://www.youtube.com/watch?feature=share&v={YT_ID}": YT,
+    f"https://m.youtube.com/watch?v={YT_ID}&utm_source=x&feature=share": YT,
+    f"https://www.youtube.com/watch?v={YT_ID}&list=PLx&index=2": YT,
+    f"https://www.youtube.com/watch?v={YT_ID}#t=30": YT,
+    f"https://www.youtube.com/watch/?v={YT_ID}": YT,
+    f"https://www.youtube.com/watch?v={YT_ID}&u=http://169.254.169.254/": YT,
+    f"https://www.youtube.com/watch?v={YT_ID}&redirect=https://evil.example/": YT,
+    f"https://www.youtube.com/watch?v={YT_ID}&next=http%3A%2F%2F10.0.0.1%2F": YT,
+    "https://www.youtube.com/watch?v=%64Qw4w9WgXcQ": YT,
+    f"https://youtu.be/{YT_ID}": YT,
+    f"http://youtu.be/{YT_ID}": YT,
+    f"https://youtu.be/{YT_ID}?si=abc": YT,
+    f"https://youtu.be/{YT_ID}?si=tracking&t=10": YT,
+    f"https://youtu.be/{YT_ID}/": YT,
+    f"https://youtu.be/{YT_ID}#x": YT,
+    f"http://youtu.be:80/{YT_ID}": YT,
+    f"https://www.youtube.com/shorts/{YT_ID}": YT,
+    f"https://youtube.com/shorts/{YT_ID}?feature=share": YT,
+    f"https://m.youtube.com/shorts/{YT_ID}": YT,
+    f"https://www.youtube.com/shorts/{YT_ID}/": YT,
+    f"https://www.youtube.com/embed/{YT_ID}": YT,
+    f"https://www.youtube.com/embed/{YT_ID}?autoplay=1&start=5": YT,
+    f"https://www.youtube.com/live/{YT_ID}": YT,
+    f"https://www.youtube.com/live/{YT_ID}?si=x": YT,
+    f"https://WWW.YOUTUBE.COM/watch?v={YT_ID}": YT,
+    f"https://YOUTUBE.com./watch?v={YT_ID}": YT,
+    f"https://www.youtube.com:443/watch?v={YT_ID}": YT,
+    f"  https://www.youtube.com/watch?v={YT_ID}  ": YT,
+    "https://www.youtube.com/watch?v=a-b_c-d_e-f": "https://www.youtube.com/watch?v=a-b_c-d_e-f",
+    "https://youtu.be/_-_-_-_-_-_": "https://www.youtube.com/watch?v=_-_-_-_-_-_",
+    # Loom: share (with or without the title slug), embed; the id is lower-cased
+    LOOM: LOOM,
+    f"https://loom.com/share/{LOOM_ID}": LOOM,
+    f"http://www.loom.com/share/{LOOM_ID}": LOOM,
+    f"https://www.loom.com/share/{LOOM_ID}?sid=1234-abcd": LOOM,
+    f"https://www.loom.com/share/Product-tour-{LOOM_ID}": LOOM,
+    f"https://www.loom.com/share/Q3-demo-v2-{LOOM_ID}?t=4": LOOM,
+    f"https://www.loom.com/share/{LOOM_ID.upper()}": LOOM,
+    f"https://www.loom.com/share/{LOOM_ID}/": LOOM,
+    f"https://www.loom.com/share/{LOOM_ID}#t=5": LOOM,
+    f"https://www.loom.com/embed/{LOOM_ID}": LOOM,
+    f"https://loom.com/embed/{LOOM_ID}?hideEmbedTopBar=true": LOOM,
+    f"https://WWW.LOOM.COM/share/{LOOM_ID}": LOOM,
+    # Vimeo: numeric ids, the hash of an unlisted video kept
+    "https://vimeo.com/123456": "https://vimeo.com/123456",
+    "https://vimeo.com/1": "https://vimeo.com/1",
+    "https://vimeo.com/123456/": "https://vimeo.com/123456",
+    "https://VIMEO.com/123456?share=copy": "https://vimeo.com/123456",
+    "http://vimeo.com/76979871": "https://vimeo.com/76979871",
+    "https://vimeo.com/123456/abcdef1234": "https://vimeo.com/123456/abcdef1234",
+    "https://player.vimeo.com/video/123": "https://vimeo.com/123",
+    "https://player.vimeo.com/video/123?autoplay=1&title=0": "https://vimeo.com/123",
+    "https://player.vimeo.com/video/123?h=abcdef1234": "https://vimeo.com/123/abcdef1234",
+    "https://player.vimeo.com/video/123#t=1m": "https://vimeo.com/123",
+}
+
+VIDEO_REFUSED: tuple[str, ...] = (
+    # redirectors and open redirects on allowed hosts (the old policy forwarded these)
+    "https://www.youtube.com/redirect?q=http://169.254.169.254/",
+    "https://www.youtube.com/redirect?event=video_description&q=http%3A%2F%2F10.0.0.1%2F",
+    "https://youtube.com/redirect?q=http://localhost:5001/memory-status",
+    "https://m.youtube.com/redirect?q=http://127.0.0.1/",
+    "https://www.youtube.com/redirect?q=http://metadata.google.internal/",
+    "https://www.youtube.com/attribution_link?u=/watch%3Fv%3DdQw4w9WgXcQ",
+    "https://www.youtube.com/attribution_link?a=x&u=http://169.254.169.254/",
+    "https://youtube.com/attribution_link?u=http%3A%2F%2F169.254.169.254%2F",
+    "https://www.youtube.com/url?q=http://169.254.169.254/",
+    "https://youtu.be/redirect?q=http://169.254.169.254/",
+    "https://www.youtube.com/supported_browsers?next_url=http://169.254.169.254/",
+    "https://www.youtube.com/logout?continue=http://169.254.169.254/",
+    "https://www.youtube.com/signin?next=http://10.0.0.1/",
+    "https://www.youtube.com/embed/?redirect=http://169.254.169.254/",
+    "https://www.youtube.com/watch?v=x&redirect=http://169.254.169.254/",
+    "https://www.loom.com/redirect?url=http://169.254.169.254/",
+    "https://www.loom.com/login?redirect=http://127.0.0.1/",
+    "https://loom.com/share/?redirect=http://169.254.169.254/",
+    "https://vimeo.com/log_in?redirect=http://169.254.169.254/",
+    "https://vimeo.com/out?url=http://169.254.169.254/",
+    "https://player.vimeo.com/external/123.hd.mp4?s=x",
+    # unknown paths and bad ids on allowed hosts
+    "https://www.youtube.com/",
+    "https://www.youtube.com",
+    "https://www.youtube.com/watch",
+    "https://www.youtube.com/watch?v=",
+    "https://www.youtube.com/watch?v=short",
+    f"https://www.youtube.com/watch?v={YT_ID}Q",
+    "https://www.youtube.com/watch?v=dQw4w9WgXc!",
+    "https://www.youtube.com/watch?v=dQw4w9WgXc%21",
+    f"https://www.youtube.com/watch?v={YT_ID}&v=aaaaaaaaaaa",
+    f"https://www.youtube.com/watch?vi={YT_ID}",
+    f"https://www.youtube.com/watch?v={YT_ID};v=x",
+    f"https://www.youtube.com/watch?v={YT_ID}%0d%0aX-Injected:1",
+    "https://www.youtube.com/channel/UC123",
+    "https://www.youtube.com/@acme",
+    "https://www.youtube.com/c/acme",
+    "https://www.youtube.com/user/acme",
+    "https://www.youtube.com/playlist?list=PL123",
+    "https://www.youtube.com/results?search_query=demo",
+    "https://www.youtube.com/shorts/",
+    f"https://www.youtube.com/shorts/{YT_ID}/extra",
+    "https://www.youtube.com/embed/",
+    "https://www.youtube.com/embed/videoseries?list=PL1",
+    f"https://www.youtube.com/v/{YT_ID}",
+    f"https://www.youtube.com/e/{YT_ID}",
+    f"https://www.youtube.com//watch?v={YT_ID}",
+    f"https://www.youtube.com/Watch?v={YT_ID}",
+    f"https://www.youtube.com/watch%3Fv={YT_ID}",
+    "https://www.youtube.com/shorts/..%2fredirect",
+    f"https://www.youtube.com/watch/{YT_ID}",
+    f"https://www.youtube.com/{YT_ID}",
+    "https://youtu.be/",
+    "https://youtu.be",
+    f"https://youtu.be/{YT_ID}/extra",
+    "https://youtu.be/abc",
+    "https://youtu.be/%2e%2e%2fredirect",
+    f"https://youtu.be/watch?v={YT_ID}",
+    "https://www.loom.com/",
+    "https://www.loom.com/share/",
+    "https://www.loom.com/share/abc123",
+    "https://www.loom.com/share/0123456789abcdef",
+    "https://www.loom.com/share/0123456789abcdef0123456789abcdeg",
+    f"https://www.loom.com/share/{LOOM_ID}0",
+    "https://www.loom.com/looms/videos",
+    f"https://www.loom.com/recordings/{LOOM_ID}",
+    f"https://www.loom.com/embed/Title-{LOOM_ID}",
+    f"https://www.loom.com/share/{LOOM_ID}/extra",
+    f"https://www.loom.com/v/{LOOM_ID}",
+    "https://vimeo.com/",
+    "https://vimeo.com/channels/staffpicks/123456",
+    "https://vimeo.com/showcase/123",
+    "https://vimeo.com/0123",
+    "https://vimeo.com/abc",
+    "https://vimeo.com/123456/NOTHEX!",
+    "https://vimeo.com/123/abcdef1234/extra",
+    "https://vimeo.com/1234567890123",
+    "https://player.vimeo.com/video/",
+    "https://player.vimeo.com/video/abc",
+    "https://player.vimeo.com/video/123?h=bad!hash",
+    "https://player.vimeo.com/video/123?h=abcdef1234&h=fedcba4321",
+    "https://player.vimeo.com/123",
+    # other hosts of the platforms, not allowed by default
+    "https://accounts.youtube.com/accounts/SetSID?continue=http://169.254.169.254/",
+    f"https://music.youtube.com/watch?v={YT_ID}",
+    f"https://www.youtube-nocookie.com/embed/{YT_ID}",
+    f"https://gaming.youtube.com/watch?v={YT_ID}",
+    f"https://sub.loom.com/share/{LOOM_ID}",
+    "https://cdn.loom.com/sessions/thumbnails/x.gif",
+    "https://www.vimeo.com/123456",
+    "https://i.vimeocdn.com/video/1.jpg",
+    "https://img.youtube.com/vi/dQw4w9WgXcQ/hqdefault.jpg",
+    # look-alike hosts
+    f"https://youtube.com.evil.com/watch?v={YT_ID}",
+    f"https://evilyoutube.com/watch?v={YT_ID}",
+    f"https://notyoutube.com/watch?v={YT_ID}",
+    f"https://www.youtube.com.169.254.169.254.nip.io/watch?v={YT_ID}",
+    f"https://xn--yutube-wqf.com/watch?v={YT_ID}",
+    f"https://youtu.be.evil.com/{YT_ID}",
+    f"https://loom.com.evil.com/share/{LOOM_ID}",
+    "https://vimeo.com.evil.com/123456",
+    # user-info, parser differentials
+    f"https://loom.com@169.254.169.254/share/{LOOM_ID}",
+    "http://loom.com@169.254.169.254/",
+    f"https://user:pass@www.youtube.com/watch?v={YT_ID}",
+    f"https://www.youtube.com:pass@evil.com/watch?v={YT_ID}",
+    f"https://www.youtube.com%2f@evil.com/watch?v={YT_ID}",
+    "https://loom.com\\@evil.com/",
+    "https://loom.com\t.evil.com/",
+    f"https://www.you tube.com/watch?v={YT_ID}",
+    "https://www.youtube.com/watch?v=dQw4\nw9WgXcQ",
+    "https://www.youtube.com%2eevil.com/",
+    "https://youtu.be/\u202edQw4w9WgXcQ",
+    f"https://youtu.be/{YT_ID}%00",
+    "https://www.yout\u00fcbe.com/watch?v=dQw4w9WgXcQ",
+    # ports
+    f"https://www.youtube.com:8080/watch?v={YT_ID}",
+    "https://www.youtube.com:0/",
+    "https://www.youtube.com:99999/",
+    "https://www.youtube.com:abc/",
+    f"https://www.youtube.com:5001/watch?v={YT_ID}",
+    # addresses, never a host name
+    f"https://[::1]/watch?v={YT_ID}",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://169.254.169.254/?x=youtube.com",
+    "http://127.0.0.1:5001/process-video/acme",
+    "http://2130706433/",
+    "http://0x7f000001/",
+    "http://127.1/",
+    "http://0177.0.0.1/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://10.0.0.1/",
+    "http://localhost:5001/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    # schemes and shapes of no URL
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_INFO",
+    f"ftp://youtube.com/watch?v={YT_ID}",
+    "javascript:alert(1)",
+    "data:text/html,hi",
+    f"//www.youtube.com/watch?v={YT_ID}",
+    f"www.youtube.com/watch?v={YT_ID}",
+    f"https:/www.youtube.com/watch?v={YT_ID}",
+    f"https:///www.youtube.com/watch?v={YT_ID}",
+    f"https:www.youtube.com/watch?v={YT_ID}",
+    "",
+    "   ",
+    "https://youtu.be/" + "a" * 2050,
+)
+
+VIDEO_URLS: dict[str, str | None] = {**VIDEO_ACCEPTED, **dict.fromkeys(VIDEO_REFUSED)}
+
+MEETING_ACCEPTED: dict[str, str] = {
+    "https://calendly.com/acme/demo": "https://calendly.com/acme/demo",
+    "https://zoom.us/j/123456789?pwd=abc": "https://zoom.us/j/123456789?pwd=abc",
+    "https://us02web.zoom.us/j/85012345678": "https://us02web.zoom.us/j/85012345678",
+    "https://meet.google.com/abc-defg-hij": "https://meet.google.com/abc-defg-hij",
+    "https://teams.microsoft.com/l/meetup-join/19%3ameeting_x":
+        "https://teams.microsoft.com/l/meetup-join/19%3ameeting_x",
+    "http://example.org/meet": "http://example.org/meet",
+    "https://CALENDLY.com/acme": "https://calendly.com/acme",
+    "https://calendly.com:443/acme": "https://calendly.com/acme",
+    "http://calendly.com:80/acme": "http://calendly.com/acme",
+    "https://calendly.com": "https://calendly.com/",
+    "https://calendly.com./acme": "https://calendly.com/acme",
+    "https://app.hubspot.com/meetings/acme#week": "https://app.hubspot.com/meetings/acme#week",
+    "https://cal.com/team/acme/30min?date=2024-01-01":
+        "https://cal.com/team/acme/30min?date=2024-01-01",
+    "https://1password.com/demo": "https://1password.com/demo",
+}
+
+MEETING_REFUSED: tuple[str, ...] = (
+    "http://169.254.169.254/latest/meta-data/",
+    "http://127.0.0.1/",
+    "http://127.0.0.1:5001/memory-status",
+    "http://localhost/",
+    "http://LOCALHOST:5001/health",
+    "http://foo.localhost/",
+    "http://[::1]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://10.0.0.1/",
+    "http://192.168.1.1/admin",
+    "http://172.16.0.1/",
+    "http://2130706433/",
+    "http://0x7f.1/",
+    "http://0/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://instance-data.ec2.internal/",
+    "http://metadata/",
+    "http://intranet/",
+    "http://printer.local/",
+    "http://nas.home.arpa/",
+    "http://router.lan/",
+    "http://db.svc.cluster.local/",
+    "http://kubernetes.default.svc/",
+    "http://app.localdomain/",
+    "http://vault.service.consul/",
+    "http://test.test/",
+    "http://x.onion/",
+    "http://127.0.0.1.nip.io/",
+    "http://10-0-0-1.sslip.io/",
+    "http://169.254.169.254.xip.io/",
+    "http://app.10.0.0.1.example.com/",
+    "https://calendly.com:8443/acme",
+    "https://calendly.com:80/acme",
+    "http://calendly.com:443/",
+    "https://calendly.com:5001/",
+    "https://user:pass@calendly.com/",
+    "https://calendly.com@169.254.169.254/",
+    "https://:@calendly.com/",
+    "javascript:alert(1)",
+    "file:///etc/passwd",
+    "ftp://calendly.com/",
+    "gopher://calendly.com/",
+    "data:text/html,<script>alert(1)</script>",
+    "https://calendly.com\\@evil.com",
+    "https://cal endly.com/",
+    "https://exa_mple.com/",
+    "https://-bad.com/",
+    "https://" + "a" * 2100 + ".com/",
+    "https://",
+    "//calendly.com/acme",
+    "calendly.com/acme",
+    "http://[fe80::1%25eth0]/",
+    "https://calendly.com/\u00e9",
+)
+
+MEETING_LINKS: dict[str, str | None] = {**MEETING_ACCEPTED, **dict.fromkeys(MEETING_REFUSED)}
