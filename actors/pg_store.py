@@ -52,6 +52,8 @@ from actors.timers import TimerService
 
 logger = logging.getLogger(__name__)
 
+FAIL_FAST_S = 1.0
+"""After a failed call, how long further calls fail at once (the database was just away)."""
 CLIENT_DEADLINE_GRACE_S = 2.0
 """How long past ``statement_timeout`` a call may block before its connection is cut."""
 
@@ -122,6 +124,8 @@ class PostgresJobStore(SharedQueue):
         self.where = redact(conninfo)
         self.instance_id = instance_id or new_instance_id()
         self.leases = LeaseSet()  # the jobs whose leases this instance holds
+        self._down_until = float("-inf")
+        self._down_reason = ""
         self._conninfo = conninfo
         self._clock = clock or time.time
         self._lease_clock = clock
@@ -190,8 +194,13 @@ class PostgresJobStore(SharedQueue):
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection in autocommit mode: each statement is its own transaction.
 
-        One statement, one round trip: what claims, finishes and reads use.
+        One statement, one round trip: what claims, finishes and reads use. Once no
+        connection could be had, calls fail at once for ``FAIL_FAST_S`` instead of each
+        waiting for one: the actors stay responsive, and health can say so. (A single
+        dropped connection fails its own call only; the next one reconnects.)
         """
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"the job store {self.where} failed: {self._down_reason}")
         try:
             with self._pool.connection() as conn:
                 token = self._watch.watch(conn, self.call_deadline_s)
@@ -200,6 +209,9 @@ class PostgresJobStore(SharedQueue):
                 finally:
                     self._watch.done(token)
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            if isinstance(exc, PoolTimeout):  # no connection could be made: the database is away
+                self._down_reason = _reason(exc)
+                self._down_until = time.monotonic() + FAIL_FAST_S
             raise StoreUnavailable(f"the job store {self.where} failed: {_reason(exc)}") from exc
 
     @contextmanager

@@ -79,6 +79,7 @@ class SharedJobRegistry(JobRegistry):
             job = self.store.insert(job.replace(state=JobState.QUEUED))
         except (DuplicateJob, StoreUnavailable) as exc:
             return exc
+        self._wrote()  # the database takes writes (again)
         self.counts[job.kind, job.state] += 1
         self.metrics.job_submitted(job.kind)
         self._enqueue(job, reply=reply)
@@ -154,6 +155,7 @@ class SharedJobRegistry(JobRegistry):
                 self.store.leases.release(new.id)
         else:
             self.store.update(new)
+        self._wrote()
         self.counts[old.kind, old.state] -= 1
         self.counts[new.kind, new.state] += 1
         if new.state in FINISHED_STATES:

@@ -134,6 +134,19 @@ class PgServer:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def halt(self) -> None:
+        """Stop the server (fast shutdown), keeping its data: an outage, ended by ``resume``."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port."""
+        options = "-c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "server.log"),
+                  "-w", "-t", "60", "-o",
+                  f"-h 127.0.0.1 -p {self.port} -k {self.root / 'sock'} {options}", "start")
+
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its directory."""
         if (self.root / "data" / "postmaster.pid").exists():
