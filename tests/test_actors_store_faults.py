@@ -102,6 +102,8 @@ def test_failing_writes_are_parked_the_job_completes_and_nothing_is_lost(
     try:
         job_id = system.submit(JobKind.QA, question(2)).job.id
         assert standin.wait_in_flight("ask-question", 1)
+        wait_until(lambda: state_on_disk(Path(settings.db_path), job_id) == "processing",
+                   "its start to be written")
         disk.failing.set()  # every write fails from now on
     finally:
         standin.release("ask-question")
