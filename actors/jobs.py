@@ -58,6 +58,8 @@ class JobState(StrEnum):
 
 FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.PROCESSING, JobState.RETRYING})
+WAITING_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
+"""The states in which a job takes a place in its kind's waiting queue."""
 
 LEGAL_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = MappingProxyType(
     {
@@ -132,6 +134,12 @@ class Job:
     """Arrival order, used for FIFO within a priority; kept across retries."""
     retry_delays_s: tuple[float, ...] = ()
     """The backoff actually scheduled before each retry, in order (the recorded schedule)."""
+
+    @property
+    def company(self) -> str | None:
+        """The company the job is for, casefolded (tenancy and per-company bounds), if any."""
+        name = self.data.get("company_name")
+        return name.casefold() if isinstance(name, str) and name else None
 
     def replace(self, **changes: Any) -> Job:
         """Return a copy with ``changes`` applied."""

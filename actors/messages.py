@@ -130,6 +130,13 @@ class ListJobs:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CountCompanies:
+    """Return how many jobs some companies have per (kind, state) (ask)."""
+
+    companies: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetAdmission:
     """Refuse (or accept again) new jobs of ``kind`` because of memory pressure (tell)."""
 

@@ -20,7 +20,7 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -307,6 +307,22 @@ class PostgresJobStore(SharedQueue):
         with self._conn() as conn:
             rows = conn.execute("SELECT kind, state, count(*) FROM qudemo_jobs"
                                 " GROUP BY kind, state").fetchall()
+        return Counter({(JobKind(k), JobState(s)): int(n) for k, s, n in rows})
+
+    def company_counts(self, companies: Collection[str],
+                       states: Collection[JobState] | None = None) -> StateCounts:
+        """Count the jobs of ``companies`` per (kind, state), across every instance."""
+        names = sorted(companies)
+        if not names:
+            return Counter()
+        sql = ("SELECT kind, state, count(*) FROM qudemo_jobs"
+               " WHERE lower(record->'data'->>'company_name') = ANY(%s)")
+        args: list[Any] = [names]
+        if states is not None:
+            sql += " AND state = ANY(%s)"
+            args.append(sorted(state.value for state in states))
+        with self._conn() as conn:
+            rows = conn.execute(sql + " GROUP BY kind, state", args).fetchall()
         return Counter({(JobKind(k), JobState(s)): int(n) for k, s, n in rows})
 
     def max_seq(self) -> int:

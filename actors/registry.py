@@ -39,11 +39,12 @@ from actors.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, is_legal
+from actors.jobs import FINISHED_STATES, WAITING_STATES, Job, JobKind, JobState, is_legal
 from actors.logs import job_fields
 from actors.messages import (
     AddJob,
     AttachDispatcher,
+    CountCompanies,
     Enqueue,
     FlushWrites,
     GetJob,
@@ -92,6 +93,9 @@ class JobRegistry(TrackedActor):
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.counts: Counter[tuple[JobKind, JobState]] = Counter()
         self.active_keys: dict[str, str] = {}  # dedupe key -> id of the active job
+        # (kind, company) -> its waiting jobs, for the per-company bound: kept here so that
+        # a submission never counts rows.
+        self.company_waiting: Counter[tuple[JobKind, str]] = Counter()
         self.refused: set[JobKind] = set()
         self.illegal_transitions = 0
         self._seq = itertools.count(1)
@@ -112,6 +116,7 @@ class JobRegistry(TrackedActor):
         for job in self.store.active():
             if job.dedupe_key:
                 self.active_keys[job.dedupe_key] = job.id
+            self._count_waiting(job, +1)
         self._schedule_purge()
 
     def on_stop(self) -> None:
@@ -147,6 +152,8 @@ class JobRegistry(TrackedActor):
             case ListJobs(kind=kind, state=state, owner=owner, limit=limit):
                 listed = self.store.list(kind=kind, state=state, owner=owner, limit=limit)
                 return [self.parked.get(job.id, job) for job in listed]
+            case CountCompanies(companies=companies):
+                return self.store.company_counts(companies)
             case RecordResult(job_id=job_id, result=result):
                 self._record_result(job_id, result)
             case RequeueFailed(job_id=job_id):
@@ -184,13 +191,14 @@ class JobRegistry(TrackedActor):
             return self._unavailable()  # accepted jobs' changes first
         if job.dedupe_key and job.dedupe_key in self.active_keys:
             return DuplicateJob(self.active_keys[job.dedupe_key])
-        refused = self._admission(job.kind)
+        refused = self._admission(job.kind, job.company)
         if refused is not None:
             return refused
         job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
         self.store.add(job)  # durability point: once this returns the job is accepted
         self._wrote()
         self.counts[job.kind, job.state] += 1
+        self._count_waiting(job, +1)
         self.metrics.job_submitted(job.kind)
         if job.dedupe_key:
             self.active_keys[job.dedupe_key] = job.id
@@ -199,14 +207,31 @@ class JobRegistry(TrackedActor):
                     extra=job_fields(job.id, job.kind, "accepted", 0))
         return job
 
-    def _admission(self, kind: JobKind) -> QueueError | None:
+    def _admission(self, kind: JobKind, company: str | None = None) -> QueueError | None:
         """Return why a new (or re-queued) job of ``kind`` is refused, or ``None``."""
         if kind in self.refused:
             return MemoryPressure()
-        limit = self.settings.limits(kind).max_waiting
-        if self.waiting(kind) >= limit:
-            return QueueFull(f"the {kind.value} queue is full ({limit} waiting); try again later")
+        limits = self.settings.limits(kind)
+        if self.waiting(kind) >= limits.max_waiting:
+            return QueueFull(f"the {kind.value} queue is full ({limits.max_waiting} waiting); "
+                             f"try again later")
+        bound = limits.max_waiting_per_company
+        if company is not None and bound is not None and self.company_waits(kind,
+                                                                            company) >= bound:
+            return QueueFull(f"company {company!r} has {bound} {kind.value} jobs waiting, its "
+                             f"limit; try again once some have started")
         return None
+
+    def company_waits(self, kind: JobKind, company: str) -> int:
+        """How many of ``company``'s jobs of ``kind`` wait (queued or retrying)."""
+        return self.company_waiting[kind, company]
+
+    def _count_waiting(self, job: Job, sign: int) -> None:
+        if job.company is not None and job.state in WAITING_STATES:
+            key = (job.kind, job.company)
+            self.company_waiting[key] += sign
+            if self.company_waiting[key] <= 0:
+                del self.company_waiting[key]
 
     def _enqueue(self, *jobs: Job, reply: pykka.Future[Any] | None = None) -> None:
         # Told before the submitter gets its reply, so a following position question
@@ -240,6 +265,8 @@ class JobRegistry(TrackedActor):
         self._write(new)
         self.counts[old.kind, old.state] -= 1
         self.counts[new.kind, new.state] += 1
+        self._count_waiting(old, -1)
+        self._count_waiting(new, +1)
         if new.state in FINISHED_STATES:
             self.metrics.job_finished(new.kind, new.state)
             if new.dedupe_key and self.active_keys.get(new.dedupe_key) == new.id:
@@ -330,7 +357,7 @@ class JobRegistry(TrackedActor):
                               next_attempt_at=None)
             how = "its result goes to storage again"
         else:
-            refused = self._admission(job.kind)
+            refused = self._admission(job.kind, job.company)
             if refused is not None:
                 return refused
             new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,

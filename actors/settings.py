@@ -41,6 +41,8 @@ class KindLimits:
     max_concurrent: int
     max_waiting: int
     default_priority: int
+    max_waiting_per_company: int | None = None
+    """At most this many of one company's jobs wait (``None``: only ``max_waiting``)."""
 
 
 class EnvReader:
@@ -200,6 +202,8 @@ class Settings:
     qa_priority: int = 1
     max_waiting_videos: int = 500
     max_waiting_qa: int = 2000
+    max_waiting_videos_per_company: int = 100
+    max_waiting_qa_per_company: int = 400
     retry_attempts: int = 3
     backoff_base_s: float = 5.0
     backoff_max_s: float = 300.0
@@ -253,6 +257,7 @@ class Settings:
     supabase_table_qudemos: str = "qudemos"
     supabase_table_questions: str = "questions"
     supabase_table_companies: str = "companies"
+    supabase_table_user_companies: str = "user_companies"
     supabase_write_attempts: int = 5
     """Writes of one result before its job fails (backoff as for attempts, QUEUE_BACKOFF_*)."""
     supabase_timeout_s: float = 10.0
@@ -281,10 +286,12 @@ class Settings:
         match kind:
             case JobKind.VIDEO:
                 return KindLimits(
-                    self.max_concurrent_videos, self.max_waiting_videos, self.video_priority
+                    self.max_concurrent_videos, self.max_waiting_videos, self.video_priority,
+                    self.max_waiting_videos_per_company,
                 )
             case JobKind.QA:
-                return KindLimits(self.max_concurrent_qa, self.max_waiting_qa, self.qa_priority)
+                return KindLimits(self.max_concurrent_qa, self.max_waiting_qa, self.qa_priority,
+                                  self.max_waiting_qa_per_company)
         raise ValueError(f"unknown job kind {kind!r}")  # pragma: no cover
 
     @property
@@ -301,7 +308,9 @@ class Settings:
         for env_name, table in (("SUPABASE_TABLE_VIDEOS", self.supabase_table_videos),
                                 ("SUPABASE_TABLE_QUDEMOS", self.supabase_table_qudemos),
                                 ("SUPABASE_TABLE_QUESTIONS", self.supabase_table_questions),
-                                ("SUPABASE_TABLE_COMPANIES", self.supabase_table_companies)):
+                                ("SUPABASE_TABLE_COMPANIES", self.supabase_table_companies),
+                                ("SUPABASE_TABLE_USER_COMPANIES",
+                                 self.supabase_table_user_companies)):
             if not TABLE_NAME.match(table):
                 found.append(f"{env_name}={table!r} is not a table name (letters, digits, "
                              "'_', not starting with a digit)")
@@ -342,6 +351,11 @@ class Settings:
             max_waiting_videos=num("QUEUE_MAX_WAITING_VIDEOS", d.max_waiting_videos,
                                    allow_zero=False),
             max_waiting_qa=num("QUEUE_MAX_WAITING_QA", d.max_waiting_qa, allow_zero=False),
+            max_waiting_videos_per_company=num("QUEUE_MAX_WAITING_VIDEOS_PER_COMPANY",
+                                               d.max_waiting_videos_per_company,
+                                               allow_zero=False),
+            max_waiting_qa_per_company=num("QUEUE_MAX_WAITING_QA_PER_COMPANY",
+                                           d.max_waiting_qa_per_company, allow_zero=False),
             retry_attempts=num("QUEUE_RETRY_ATTEMPTS", 3, allow_zero=False),
             backoff_base_s=env.ms_as_s("QUEUE_BACKOFF_DELAY", 5000, allow_zero=True),
             backoff_max_s=env.ms_as_s("QUEUE_BACKOFF_MAX_MS", 300000),
@@ -388,6 +402,8 @@ class Settings:
                                               d.supabase_table_questions),
             supabase_table_companies=env.text("SUPABASE_TABLE_COMPANIES",
                                               d.supabase_table_companies),
+            supabase_table_user_companies=env.text("SUPABASE_TABLE_USER_COMPANIES",
+                                                   d.supabase_table_user_companies),
             supabase_write_attempts=num("SUPABASE_WRITE_ATTEMPTS", d.supabase_write_attempts,
                                         allow_zero=False),
             supabase_timeout_s=env.ms_as_s("SUPABASE_TIMEOUT_MS", 10000),

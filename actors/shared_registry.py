@@ -25,7 +25,7 @@ from typing import Any
 import pykka
 
 from actors.errors import DuplicateJob, QueueError, StoreUnavailable
-from actors.jobs import FINISHED_STATES, Job, JobState, is_legal
+from actors.jobs import FINISHED_STATES, WAITING_STATES, Job, JobKind, JobState, is_legal
 from actors.logs import job_fields
 from actors.messages import PurgeExpired, Transition
 from actors.pg_store import PostgresJobStore
@@ -71,7 +71,7 @@ class SharedJobRegistry(JobRegistry):
 
     def _add(self, job: Job, reply: pykka.Future[Any] | None = None) -> Job | QueueError:
         self._refresh_counts()
-        refused = self._admission(job.kind)
+        refused = self._admission(job.kind, job.company)
         if refused is not None:
             return refused
         try:
@@ -86,6 +86,15 @@ class SharedJobRegistry(JobRegistry):
         logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority,
                     extra=job_fields(job.id, job.kind, "accepted", 0))
         return job
+
+    def company_waits(self, kind: JobKind, company: str) -> int:
+        """How many of ``company``'s jobs of ``kind`` wait, on every instance (one query).
+
+        Read from the waiting index; two instances admitting at the same moment may
+        each let one more in, as with the kind's own bound.
+        """
+        counts = self.store.company_counts([company], states=WAITING_STATES)
+        return sum(n for (k, _), n in counts.items() if k == kind)
 
     def _requeue(self, job_id: str) -> Job | QueueError:
         self._refresh_counts()

@@ -33,7 +33,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -82,7 +82,7 @@ _OLDEST_FINISHED = ("SELECT id FROM jobs INDEXED BY jobs_finished_order"
 """The oldest finished jobs; ``INDEXED BY`` fails the statement rather than sort them all."""
 
 
-def _marks(values: tuple[str, ...]) -> str:
+def _marks(values: tuple[str, ...] | list[str]) -> str:
     return ",".join("?" * len(values))
 
 
@@ -289,6 +289,22 @@ class SqliteJobStore:
     def counts(self) -> StateCounts:
         """Count jobs per (kind, state)."""
         rows = self._db.execute("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state")
+        return Counter({(JobKind(k), JobState(s)): n for k, s, n in rows})
+
+    def company_counts(self, companies: Collection[str],
+                       states: Collection[JobState] | None = None) -> StateCounts:
+        """Count the jobs of ``companies`` per (kind, state) (names are ASCII: ``lower``)."""
+        names = sorted(companies)
+        if not names:
+            return Counter()
+        sql = (f"SELECT kind, state, count(*) FROM jobs WHERE"
+               f" lower(json_extract(record, '$.data.company_name')) IN ({_marks(names)})")
+        args: list[str] = list(names)
+        if states is not None:
+            wanted = sorted(state.value for state in states)
+            sql += f" AND state IN ({_marks(wanted)})"
+            args.extend(wanted)
+        rows = self._db.execute(sql + " GROUP BY kind, state", args)
         return Counter({(JobKind(k), JobState(s)): n for k, s, n in rows})
 
     def max_seq(self) -> int:

@@ -10,7 +10,7 @@ protocol.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState
@@ -71,6 +71,14 @@ class JobStore(Protocol):
 
     def active(self) -> JobList:
         """Return every queued, processing or retrying job, oldest first (for recovery)."""
+        ...
+
+    def company_counts(self, companies: Collection[str],
+                       states: Collection[JobState] | None = None) -> StateCounts:
+        """Count the jobs of ``companies`` (casefolded names) per (kind, state).
+
+        ``states`` narrows the count (the waiting states are read from an index).
+        """
         ...
 
     def counts(self) -> StateCounts:
@@ -166,6 +174,13 @@ class MemoryJobStore:
     def counts(self) -> StateCounts:
         """Count jobs per (kind, state)."""
         return Counter((j.kind, j.state) for j in self._jobs.values())
+
+    def company_counts(self, companies: Collection[str],
+                       states: Collection[JobState] | None = None) -> StateCounts:
+        """Count the jobs of ``companies`` per (kind, state)."""
+        wanted = frozenset(companies)
+        return Counter((j.kind, j.state) for j in self._jobs.values()
+                       if j.company in wanted and (states is None or j.state in states))
 
     def max_seq(self) -> int:
         """Return the highest arrival sequence stored."""

@@ -11,6 +11,9 @@ What goes over the wire is PostgREST's format (``/rest/v1/<table>``):
   ``Prefer: return=minimal,resolution=merge-duplicates``: an upsert on the primary
   key, so writing the same row twice leaves one row;
 * a lookup is ``GET /rest/v1/companies?select=id,name&name=eq.<name>&limit=2``;
+* a user's companies are ``GET /rest/v1/companies?select=id,name&user_id=eq.<user>`` and
+  ``GET /rest/v1/user_companies?select=company_id&user_id=eq.<user>`` (then those ids'
+  names, ``id=in.(...)``);
 * every request carries ``apikey`` and ``Authorization: Bearer <service role key>``.
 
 The library's own retries are off (``postgrest_client_retry=False``): they sleep in
@@ -55,6 +58,10 @@ HEALTH_TIMEOUT_S = 2.0
 """A health probe waits at most this long (capped by SUPABASE_TIMEOUT_MS)."""
 HEALTH_MAX_AGE_S = 5.0
 """A probe's answer is reused this long, so health checks do not hammer Supabase."""
+MAX_MEMBERSHIPS = 500
+"""At most this many companies are read for one user (a bound on one lookup's size)."""
+MISSING_RELATION_CODES = frozenset({"42P01", "42703", "PGRST200", "PGRST204", "PGRST205"})
+"""Errors saying a table or column does not exist (undefined table, column, schema cache)."""
 PERMANENT_SQLSTATE_CLASSES = frozenset({"22", "23", "28", "42", "P0"})
 """Postgres error classes a repeat will hit again: bad data, constraints, auth, schema."""
 
@@ -136,6 +143,7 @@ class ResultSink:
                                    qudemos=settings.supabase_table_qudemos,
                                    questions=settings.supabase_table_questions)
         self.companies_table = settings.supabase_table_companies
+        self.memberships_table = settings.supabase_table_user_companies
         self.timeout_s = settings.supabase_timeout_s
         # Imported here, like supabase-py below: httpx costs 4 MB of RSS that a job
         # system without Supabase never uses.
@@ -233,6 +241,51 @@ class ResultSink:
             if exc.code is not None and exc.code.startswith("22"):
                 # Not a valid value for the column (a non-uuid id): no such company.
                 raise UnknownCompany(f"unknown company {column} {value!r}") from exc
+            raise ResultStoreUnavailable(exc.message) from exc
+
+    def memberships(self, user_id: str) -> list[Company]:
+        """Return the companies ``user_id`` belongs to: those it owns, and its memberships.
+
+        Read from ``companies.user_id`` (the company's owner) and the membership table
+        (``user_companies``: ``user_id``, ``company_id``). A deployment without one of
+        them (no such column or table) simply has no members that way.
+
+        Raises:
+            ResultStoreUnavailable: Supabase failed or did not answer; a later try may pass.
+        """
+        found: dict[str, Company] = {}
+        for row in self._select(self.companies_table, "user_id", user_id, ("id", "name")):
+            found[str(row.get("id"))] = Company(id=str(row.get("id")), name=str(row.get("name")))
+        linked = [str(row.get("company_id")) for row in
+                  self._select(self.memberships_table, "user_id", user_id, ("company_id",))
+                  if row.get("company_id") is not None and str(row.get("company_id")) not in found]
+        if linked:
+            for row in self._select(self.companies_table, "id", linked, ("id", "name")):
+                found[str(row.get("id"))] = Company(id=str(row.get("id")),
+                                                    name=str(row.get("name")))
+        return sorted(found.values(), key=lambda company: company.name)
+
+    def _select(self, table: str, column: str, value: str | list[str],
+                columns: tuple[str, ...]) -> list[Mapping[str, Any]]:
+        what = f"membership lookup in {table}"
+
+        def select() -> list[Mapping[str, Any]]:
+            query = self._client.table(table).select(*columns)
+            query = query.in_(column, value) if isinstance(value, list) else query.eq(column,
+                                                                                     value)
+            answer = query.limit(MAX_MEMBERSHIPS).execute()
+            return [row for row in answer.data if isinstance(row, Mapping)]
+
+        try:
+            with self._bounded(self.timeout_s, what):
+                return self._call(what, select)
+        except ResultStoreFailed as exc:
+            if exc.code in MISSING_RELATION_CODES:
+                # This deployment has no such table or column: no memberships from it.
+                logger.debug("%s: %s", what, exc.message)
+                return []
+            if exc.code is not None and exc.code.startswith("22"):
+                return []  # not a valid value for the column (a non-uuid user id): none
             raise ResultStoreUnavailable(exc.message) from exc
 
     # --- health --------------------------------------------------------------------

@@ -17,7 +17,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from actors.messages import (
     AttachWatchdog,
     CancelJob,
     CheckMemory,
+    CountCompanies,
     Drain,
     EstimateWait,
     GetJob,
@@ -61,7 +63,7 @@ from actors.result_writer import ResultWriter, WriterStats
 from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.settings import Settings
 from actors.snapshot import assemble_snapshot
-from actors.store import JobStore, open_store
+from actors.store import JobStore, StateCounts, open_store
 from actors.supabase_sink import Company, ResultSink
 from actors.timers import Clock, TimerService
 from actors.tracked import mailbox_depth
@@ -390,6 +392,13 @@ class JobSystem:
         message = ListJobs(kind=kind, state=state, owner=owner, limit=limit)
         return self._ask(self._refs()[1], message)  # type: ignore[no-any-return]
 
+    def company_counts(self, companies: Iterable[str]) -> StateCounts:
+        """Return how many jobs ``companies`` (names, any case) have per (kind, state)."""
+        names = tuple(sorted({name.casefold() for name in companies}))
+        if not names:
+            return Counter()
+        return self._ask(self._refs()[1], CountCompanies(companies=names))  # type: ignore[no-any-return]
+
     def cancel(self, job_id: str) -> Job:
         """Withdraw a queued or retrying job. Raises ``JobNotFound``, ``JobStateConflict``."""
         job = self.get(job_id)
@@ -428,6 +437,16 @@ class JobSystem:
         if self.sink is None:
             raise ResultStoreUnavailable("Supabase is not configured (SUPABASE_URL)")
         return self.sink.resolve_company(company_id=company_id, company_name=company_name)
+
+    def user_companies(self, user_id: str) -> list[Company]:
+        """Return the companies ``user_id`` owns or is a member of, from Supabase.
+
+        Raises:
+            ResultStoreUnavailable: Supabase is not configured, failed, or did not answer.
+        """
+        if self.sink is None:
+            raise ResultStoreUnavailable("Supabase is not configured (SUPABASE_URL)")
+        return self.sink.memberships(user_id)
 
     # --- control -------------------------------------------------------------------
 

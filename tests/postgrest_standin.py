@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_KEY = "test-service-role-key"
 SCHEMA: Mapping[str, tuple[str, ...]] = {
-    "companies": ("id", "name", "display_name", "created_at"),
+    "companies": ("id", "name", "display_name", "user_id", "created_at"),
+    "user_companies": ("user_id", "company_id", "role", "created_at"),
     "videos": ("id", "company_id", "user_id", "video_url", "video_name", "created_at"),
     "qudemos": ("id", "title", "description", "video_url", "thumbnail_url", "company_id",
                 "created_by", "is_active", "created_at", "updated_at", "video_name"),
@@ -369,7 +370,7 @@ class PostgrestStandIn(LoopbackServer):
                 if name not in columns:
                     return _error(400, "42703", f"column {table}.{name} does not exist")
                 op, _, operand = value.partition(".")
-                if op not in ("eq", "neq", "is"):
+                if op not in ("eq", "neq", "is", "in"):
                     return _error(400, "PGRST100", f"unsupported filter operator {op!r}")
                 rows = [r for r in rows if _matches(r.get(name), op, operand)]
         rows = rows[offset:] if limit is None else rows[offset:offset + limit]
@@ -424,6 +425,9 @@ class PostgrestStandIn(LoopbackServer):
 
 
 def _matches(value: Any, op: str, operand: str) -> bool:
+    if op == "in":  # in.(a,b,c): PostgREST's list, values unquoted here
+        listed = {v.strip().strip('"') for v in operand.strip("()").split(",")}
+        return value is not None and str(value) in listed
     if op == "is":
         return value is None if operand == "null" else str(value).lower() == operand
     text = "" if value is None else (json.dumps(value) if isinstance(value, bool) else str(value))

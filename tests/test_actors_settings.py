@@ -42,6 +42,7 @@ def test_seed_names_are_read_and_milliseconds_become_seconds() -> None:
             "MEMORY_CHECK_INTERVAL_MS": "2500",
             "QUEUE_MAX_WAITING_VIDEOS": "40",
             "QUEUE_MAX_WAITING_QA": "400",
+            "QUEUE_MAX_WAITING_VIDEOS_PER_COMPANY": "10",
             "QUEUE_RETENTION_MS": "3600000",
             "QUEUE_RETENTION_MAX_JOBS": "250",
             "PYTHON_API_BASE_URL": "http://python-api:5001/",
@@ -64,8 +65,8 @@ def test_seed_names_are_read_and_milliseconds_become_seconds() -> None:
     assert settings.retention_s == 3600.0
     assert settings.retention_max_jobs == 250
     assert settings.python_api_base_url == "http://python-api:5001"  # trailing slash dropped
-    assert settings.limits(JobKind.VIDEO) == KindLimits(4, 40, 3)
-    assert settings.limits(JobKind.QA) == KindLimits(12, 400, 2)
+    assert settings.limits(JobKind.VIDEO) == KindLimits(4, 40, 3, 10)
+    assert settings.limits(JobKind.QA) == KindLimits(12, 400, 2, 400)  # the default
 
 
 def test_blank_values_fall_back_to_defaults() -> None:

@@ -14,6 +14,7 @@ import requests
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
 from tests.url_corpus import youtube_url
+from tests.web_support import TEST_COMPANIES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -22,7 +23,8 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 
 def auth(user: str, role: str | None = None) -> dict[str, str]:
-    claims: dict[str, Any] = {"userId": user, "exp": int(time.time()) + 3600}
+    claims: dict[str, Any] = {"userId": user, "exp": int(time.time()) + 3600,
+                              "companyNames": list(TEST_COMPANIES)}
     if role:
         claims["role"] = role
     return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}

@@ -25,6 +25,7 @@ from tests.postgrest_standin import PostgrestStandIn
 from tests.standin import PythonApiStandIn, Reply
 from tests.supabase_support import seeded
 from tests.url_corpus import LOOM, YT
+from tests.web_support import TEST_COMPANIES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -40,7 +41,8 @@ ASSETS = ("dashboard.css", "dashboard.js", "dashboard-icon.svg")
 
 
 def auth(user: str, role: str | None = None) -> dict[str, str]:
-    claims: dict[str, Any] = {"userId": user, "exp": int(time.time()) + 3600}
+    claims: dict[str, Any] = {"userId": user, "exp": int(time.time()) + 3600,
+                              "companyNames": list(TEST_COMPANIES)}
     if role:
         claims["role"] = role
     return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, algorithm='HS256')}"}

@@ -29,6 +29,7 @@ import requests
 
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
+from tests.web_support import TEST_COMPANIES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -48,7 +49,8 @@ QUESTION = b'{"question": "What is it?", "companyName": "acme"}'
 
 
 def token(user: str) -> dict[str, str]:
-    claims = {"userId": user, "exp": int(time.time()) + 3600}
+    claims = {"userId": user, "exp": int(time.time()) + 3600,
+              "companyNames": list(TEST_COMPANIES)}
     return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
 
 

@@ -344,3 +344,24 @@ def test_a_job_running_longer_than_its_lease_is_never_taken_from_a_live_instance
     assert a.get(job.id).attempts == 1
     assert asked(standin) == Counter({"Question 9?": 1})
     assert b.snapshot()["shared_queue"]["reaped"] == 0
+
+
+def test_the_per_company_bound_counts_every_instances_waiting_jobs(
+        start: Start, standin: PythonApiStandIn) -> None:
+    from actors.errors import QueueFull
+
+    bounds = {"max_concurrent_videos": 1, "max_waiting_videos_per_company": 2}
+    a, b = start(**bounds), start(**bounds)
+    standin.hold("process-video")
+    try:
+        a.submit(VIDEO, video(1))
+        assert standin.wait_in_flight("process-video", 1)  # running: not waiting
+        a.submit(VIDEO, video(2))
+        b.submit(VIDEO, video(3))  # acme now has 2 waiting, one submitted on each instance
+        for system in (a, b):
+            with pytest.raises(QueueFull, match="company 'acme'"):
+                system.submit(VIDEO, video(4))
+        other = {"video_url": "https://youtu.be/v9", "company_name": "globex", "source": "youtube"}
+        assert b.submit(VIDEO, other).job.state == JobState.QUEUED
+    finally:
+        standin.release("process-video")

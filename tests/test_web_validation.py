@@ -121,7 +121,10 @@ def test_every_problem_is_listed(client: FlaskClient):
         "meeting_link": "javascript:alert(1)", "bucket_name": "X", "create_qudemo": "yes",
         "companyId": "bad id!"})
     assert reply.status_code == 400
-    assert reply.json["error"] == "validation failed"
+    first = reply.json["details"][0]
+    # The client shows ``error``: it names the first problem and says there are more.
+    assert reply.json["error"] == (f"{first['field']}: {first['message']} "
+                                   f"(and 6 more problems: see details)")
     fields = {d["field"] for d in reply.json["details"]}
     assert fields == {"video_url", "company_name", "source", "meeting_link", "bucket_name",
                       "create_qudemo", "company_id"}

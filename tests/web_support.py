@@ -37,10 +37,22 @@ def running_system(settings: Settings, **changes: Any) -> Iterator[JobSystem]:
         system.stop(drain=False)
 
 
+TEST_COMPANIES = ("acme", "acme-corp", "Acme Corp", "a", "initech", "globex")
+"""The companies the suite's bodies name; a test token works for them unless told otherwise."""
+COMPANY_CLAIMS = frozenset({"companyId", "companyName", "companyIds", "companyNames"})
+
+
 def token(user: str | int | None = "alice", *, role: str | None = None, exp_in: float = 3600,
-          secret: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
-    """Return a signed JWT with ``userId``, ``role`` and ``exp`` claims."""
+          secret: str = SECRET, algorithm: str = "HS256",
+          companies: tuple[str, ...] | None = TEST_COMPANIES, **claims: Any) -> str:
+    """Return a signed JWT with ``userId``, ``role``, ``exp`` and company claims.
+
+    ``companies`` become the ``companyNames`` claim unless ``claims`` name companies
+    themselves; ``None`` leaves the token without company claims.
+    """
     payload: dict[str, Any] = {**claims}
+    if companies is not None and not COMPANY_CLAIMS & payload.keys():
+        payload["companyNames"] = list(companies)
     if user is not None:
         payload.setdefault("userId", user)
     if role is not None:

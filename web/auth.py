@@ -2,7 +2,8 @@
 
 A request carries ``Authorization: Bearer <JWT>`` signed with ``JWT_SECRET`` (HS256 only;
 ``alg: none`` and every other algorithm are refused). The token must carry ``exp``; the
-user is its ``userId`` claim, else ``sub``; ``role: "admin"`` makes an admin. A job
+user is its ``userId`` claim, else ``sub``; ``role: "admin"`` makes an admin; the
+companies it works for are its ``companyId``/``companyName`` claims (``web.tenancy``). A job
 belongs to the user who submitted it: anyone else is told it does not exist (404), so
 job ids cannot be probed. Admins see and act on every job and control the queues.
 
@@ -26,6 +27,7 @@ from flask import g, request
 from actors.jobs import Job
 from web.context import web_settings
 from web.errors import AuthRequired, NotAllowed
+from web.tenancy import BadCompanyClaims, Memberships, claimed_memberships
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Principal:
     is_admin: bool = False
     authenticated: bool = True
     """False when authentication is off and this is the local admin."""
+    claimed: Memberships | None = None
+    """The companies the token names (``web.tenancy``); ``None`` when it names none."""
 
     def can_see(self, job: Job) -> bool:
         """Tell whether this caller may see (and act on) ``job``."""
@@ -123,7 +127,11 @@ def _authenticate() -> Principal:
     user_id = str(user).strip()
     if not user_id or len(user_id) > MAX_USER_ID or not user_id.isprintable():
         raise _unauthorized("invalid token: bad userId or sub claim", "invalid_token")
-    return Principal(user_id=user_id, is_admin=claims.get("role") == "admin")
+    try:
+        claimed = claimed_memberships(claims)
+    except BadCompanyClaims as exc:
+        raise _unauthorized(f"invalid token: {exc}", "invalid_token") from None
+    return Principal(user_id=user_id, is_admin=claims.get("role") == "admin", claimed=claimed)
 
 
 def _unauthorized(message: str, error: str | None) -> AuthRequired:

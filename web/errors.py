@@ -87,10 +87,31 @@ class ApiError(Exception):
 
 
 class RequestInvalid(ApiError):
-    """The request's body or path failed validation; ``details`` lists every problem."""
+    """The request's body or path failed validation; ``details`` lists every problem.
+
+    Without a message of its own, ``error`` names the first problem (``company_name:
+    Field required``, "and 2 more problems" when there are more): clients show ``error``.
+    """
 
     status = 400
     default_message = "validation failed"
+
+    def __init__(self, message: str | None = None, *,
+                 details: list[dict[str, str]] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        if message is None and details:
+            message = problem_summary(details)
+        super().__init__(message, details=details, headers=headers)
+
+
+def problem_summary(details: list[dict[str, str]]) -> str:
+    """One line naming the first problem of ``details`` and how many more there are."""
+    first = details[0]
+    text = f"{first.get('field', 'body')}: {first.get('message', 'is invalid')}"
+    more = len(details) - 1
+    if more:
+        text += f" (and {more} more problem{'s' if more > 1 else ''}: see details)"
+    return text
 
 
 class AuthRequired(ApiError):
@@ -171,7 +192,9 @@ def _api_error(exc: ApiError) -> Response:
 
 
 def _pydantic_error(exc: ValidationError) -> Response:
-    return error_response(400, "validation failed", details=validation_details(exc, {}))
+    details = validation_details(exc, {})
+    return error_response(400, problem_summary(details) if details else "validation failed",
+                          details=details)
 
 
 def _http_error(exc: HTTPException) -> Response:

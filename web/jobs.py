@@ -19,6 +19,7 @@ from web.context import job_system
 from web.errors import RequestInvalid
 from web.models import EXTERNAL_ID, JOB_ID, check_path_id, query_int, query_value
 from web.present import accepted, job_json
+from web.tenancy import require_member
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ def cancel_job(kind: str, job_id: str) -> Response:
 @require_user
 def retry_job(kind: str, job_id: str) -> Response:
     """Queue a failed job again; 409 unless it failed."""
-    submission = job_system().retry(_visible_job(kind, job_id).id)
+    job = _visible_job(kind, job_id)
+    company = job.data.get("company_name")
+    if isinstance(company, str):
+        require_member(company, job.data.get("company_id"))  # new work: still a member?
+    submission = job_system().retry(job.id)
     logger.info("retry of job %s requested by %s", job_id, current_principal().user_id)
     return accepted(submission, "Job queued again")
 

@@ -56,11 +56,13 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 DECIMAL = re.compile(r"[0-9]{1,9}\Z")
 """An integer query value: ASCII digits only, short enough that ``int()`` is cheap."""
 QUESTION_MAX = 2000
+URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+"""A ``source`` that is an address (any scheme: the knowledge source's policy judges it)."""
 
 CANONICAL_NAMES = {
     "videoUrl": "video_url", "url": "video_url", "companyName": "company_name",
     "companyId": "company_id", "meetingLink": "meeting_link", "bucketName": "bucket_name",
-    "createQudemo": "create_qudemo",
+    "createQudemo": "create_qudemo", "knowledgeSource": "knowledge_source",
 }
 
 
@@ -73,6 +75,13 @@ def _matches(value: str, pattern: re.Pattern[str], what: str) -> str:
 def _company_name(value: str) -> str:
     return _matches(value, COMPANY_NAME, "must be 1-128 characters: letters, digits, "
                     "spaces, '_', '.', '-', starting with a letter or digit")
+
+
+def _optional_company_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    return _matches(value, EXTERNAL_ID, "must be 1-128 characters: letters, digits, "
+                    "'_', '.', ':', '-', starting with a letter or digit")
 
 
 class _Body(BaseModel):
@@ -116,17 +125,39 @@ class VideoBody(_Body):
     @field_validator("company_id")
     @classmethod
     def _company_id(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        return _matches(value, EXTERNAL_ID, "must be 1-128 characters: letters, digits, "
-                        "'_', '.', ':', '-', starting with a letter or digit")
+        return _optional_company_id(value)
+
+    knowledge_source: str | None = Field(
+        None, validation_alias=AliasChoices("knowledge_source", "knowledgeSource"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_as_address(cls, raw: Any) -> Any:
+        # The web client sends its "Product Knowledge Source" input as ``source``: an
+        # address there is that knowledge source, and the platform comes from video_url.
+        if isinstance(raw, dict):
+            source = raw.get("source")
+            if isinstance(source, str) and URL_LIKE.match(source.strip()):
+                explicit = raw.get("knowledge_source", raw.get("knowledgeSource"))
+                raw = {k: v for k, v in raw.items() if k != "source"}
+                if not explicit:
+                    raw["knowledge_source"] = source
+        return raw
 
     @field_validator("source")
     @classmethod
     def _source(cls, value: str | None) -> str | None:
         if not value:
             return None
-        return _matches(value.lower(), SOURCE, "must be a short lower-case word such as youtube")
+        return _matches(value.lower(), SOURCE, "must be a short lower-case word such as "
+                        "youtube or loom, or the knowledge source's web address")
+
+    @field_validator("knowledge_source")
+    @classmethod
+    def _knowledge_source(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        return check_meeting_link(value)  # a public web address, like a meeting link
 
     @field_validator("meeting_link")
     @classmethod
@@ -175,7 +206,7 @@ class VideoBody(_Body):
             "create_qudemo": self.create_qudemo,
         }
         optional = {"meeting_link": self.meeting_link, "bucket_name": self.bucket_name,
-                    "company_id": self.company_id}
+                    "company_id": self.company_id, "knowledge_source": self.knowledge_source}
         data.update({k: v for k, v in optional.items() if v is not None})
         return data
 
@@ -192,7 +223,8 @@ class ClientVideoBody(VideoBody):
     # configured; without it, the body is refused with that reason.
     missing_hints: ClassVar[Mapping[str, str]] = {
         "company_name": "Field required (send companyName; a companyId alone is resolved "
-                        "to a company name only when Supabase is configured)",
+                        "to a company name when the token pairs it with a companyName claim "
+                        "or Supabase is configured)",
     }
 
     video_url: str = Field(validation_alias=AliasChoices("videoUrl", "video_url", "url"))
@@ -206,6 +238,12 @@ class QuestionBody(_Body):
 
     question: str
     company_name: str = Field(validation_alias=AliasChoices("companyName", "company_name"))
+    company_id: str | None = Field(None, validation_alias=AliasChoices("company_id", "companyId"))
+
+    @field_validator("company_id")
+    @classmethod
+    def _company_id(cls, value: str | None) -> str | None:
+        return _optional_company_id(value)
 
     @field_validator("question")
     @classmethod

@@ -8,15 +8,19 @@ operator resume: the memory watchdog's own pause has its own reason and is untou
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from cachetools import TTLCache
+from flask import Blueprint, Response, current_app, jsonify
 
-from actors.jobs import JobKind
+from actors.jobs import FINISHED_STATES, JobKind, JobState
 from web.auth import current_principal, require_admin, require_user
 from web.context import job_system
 from web.present import instances_json, iso
+from web.tenancy import visible_companies
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ bp = Blueprint("queue", __name__)
 
 OPERATOR = "operator"
 KIND_PATH = "/api/queue/<any(video, qa):kind>"
+SCOPED_COUNTS_MAX_AGE_S = 1.0
+SCOPED_COUNTS_CACHE_SIZE = 4096
 
 
 def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -107,18 +113,72 @@ def summary_line(status: dict[str, Any]) -> str:
 @bp.get("/api/queue/status")
 @require_user
 def status() -> Response:
-    """Return per-kind counts, limits, pause state and memory readings."""
-    return jsonify({"success": True, "data": queue_status(job_system().snapshot())})
+    """Return per-kind counts, limits, pause state and memory readings.
+
+    An admin sees every company's counts; anyone else those of their own companies.
+    """
+    return jsonify({"success": True, "data": _scoped(queue_status(job_system().snapshot()))})
 
 
 @bp.get("/api/queue/monitor")
 @require_user
 def monitor() -> Response:
     """Log a one-line summary of the queues and return it with the full status."""
-    data = queue_status(job_system().snapshot())
+    data = _scoped(queue_status(job_system().snapshot()))
     line = summary_line(data)
     logger.info("queue monitor: %s", line)
     return jsonify({"success": True, "data": {"summary": line, **data}})
+
+
+def _scoped(status: dict[str, Any]) -> dict[str, Any]:
+    """Replace the job counts by the caller's companies' own unless the caller is an admin.
+
+    Limits, pauses and memory stay: they say why the caller's jobs wait. The counts come
+    from the job store, read at most once per ``SCOPED_COUNTS_MAX_AGE_S`` for one set of
+    companies (clients poll this).
+    """
+    companies = visible_companies()
+    if companies is None:
+        return status
+    counts = _company_counts(tuple(companies))
+    for name, queue in status["queues"].items():
+        kind = JobKind(name)
+        queue["waiting"] = counts[kind, JobState.QUEUED]
+        queue["activeJobs"] = counts[kind, JobState.PROCESSING]
+        queue["retrying"] = counts[kind, JobState.RETRYING]
+        for state in FINISHED_STATES:
+            queue[state.value] = counts[kind, state]
+        queue.pop("abandonedCalls", None)  # the Python API's calls of every company
+    status["companies"] = companies
+    status.pop("pythonInstances", None)
+    status.pop("sharedQueue", None)
+    return status
+
+
+class ScopedCounts:
+    """Companies' job counts, each set of companies read at most once a second; thread-safe."""
+
+    def __init__(self) -> None:
+        self._cache: TTLCache[tuple[str, ...], Counter[tuple[JobKind, JobState]]] = TTLCache(
+            maxsize=SCOPED_COUNTS_CACHE_SIZE, ttl=SCOPED_COUNTS_MAX_AGE_S)
+        self._lock = threading.Lock()
+
+    def get(self, companies: tuple[str, ...]) -> Counter[tuple[JobKind, JobState]]:
+        """Return the counts of ``companies`` (from the job store when not fresh here)."""
+        with self._lock:
+            cached = self._cache.get(companies)
+        if cached is not None:
+            return cached
+        counts = job_system().company_counts(companies)
+        with self._lock:
+            self._cache[companies] = counts
+        return counts
+
+
+def _company_counts(companies: tuple[str, ...]) -> Counter[tuple[JobKind, JobState]]:
+    cache: ScopedCounts = current_app.extensions.setdefault("qudemo_scoped_counts",
+                                                            ScopedCounts())
+    return cache.get(companies)
 
 
 @bp.post(KIND_PATH + "/pause")

@@ -27,6 +27,7 @@ from web.models import (
     parse_body,
 )
 from web.present import accepted
+from web.tenancy import company_name_for, require_member
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def client_video() -> Response:
 def ask_question(interaction_id: str) -> Response:
     """Queue a question about a company's videos for AI answering."""
     problems = check_path_id(interaction_id, "interactionId")
-    body: QuestionBody = parse_body(QuestionBody, read_json(), extra=problems)
+    body: QuestionBody = parse_body(QuestionBody, _with_company_name(read_json()),
+                                    extra=problems)
+    require_member(body.company_name, body.company_id)
     principal = current_principal()
     submission = job_system().submit(
         JobKind.QA,
@@ -68,10 +71,8 @@ def ask_question(interaction_id: str) -> Response:
 
 def _submit_video(model: type[VideoBody]) -> Response:
     context = {"allowed_hosts": web_settings().video_url_allowed_hosts}
-    raw = read_json()
-    if model is ClientVideoBody:
-        raw = _with_company_name(raw)
-    body: VideoBody = parse_body(model, raw, context=context)
+    body: VideoBody = parse_body(model, _with_company_name(read_json()), context=context)
+    require_member(body.company_name, body.company_id)
     principal = current_principal()
     submission = job_system().submit(
         JobKind.VIDEO,
@@ -85,21 +86,31 @@ def _submit_video(model: type[VideoBody]) -> Response:
 
 
 def _with_company_name(raw: Any) -> Any:
-    """Fill in the company's name from Supabase when the web client sent only ``companyId``.
+    """Fill in the company's name when the body sent only ``companyId`` (the web client).
 
-    Without Supabase (or with a malformed id) the body goes on unchanged, and validation
-    answers 400 naming the missing ``company_name``. An unknown id is a 400 on
-    ``company_id``; Supabase failing is a 503 with ``Retry-After``.
+    The name comes from the caller's own companies when they say it (the token's paired
+    ``companyId``/``companyName`` claims, or the memberships read from Supabase), else from
+    Supabase's ``companies`` table. Without either (or with a malformed id) the body goes on
+    unchanged, and validation answers 400 naming the missing ``company_name``. An unknown id
+    is a 400 on ``company_id``; Supabase failing is a 503 with ``Retry-After``.
     """
     if not isinstance(raw, dict) or any(raw.get(k) for k in ("companyName", "company_name")):
         return raw
     company_id = raw.get("companyId", raw.get("company_id"))
+    if not isinstance(company_id, str | int) or isinstance(company_id, bool):
+        return raw
+    company_id = str(company_id).strip()
+    if not EXTERNAL_ID.match(company_id):
+        return raw
+    name = company_name_for(company_id)
+    if name is not None:
+        return {**raw, "companyName": name}
     system = job_system()
-    if (not isinstance(company_id, str) or not EXTERNAL_ID.match(company_id.strip())
-            or not system.supabase_configured):
+    if not system.supabase_configured:
         return raw
     try:
-        company = system.resolve_company(company_id=company_id.strip())
+        company = system.resolve_company(company_id=company_id)
     except UnknownCompany as exc:
-        raise RequestInvalid(details=[{"field": "company_id", "message": exc.message}]) from exc
+        raise RequestInvalid(exc.message, details=[
+            {"field": "company_id", "message": exc.message}]) from exc
     return {**raw, "companyName": company.name}

@@ -1,0 +1,230 @@
+"""Company tenancy: which companies a caller belongs to, and the checks that use it.
+
+Work is always for a company (the Python API's path is ``/process-video/<company>``, the
+results land in that company's Supabase rows), so a caller may submit only for a
+company it belongs to; admins for any. Membership comes from, in this order:
+
+1. the bearer token's claims: ``companyId`` and ``companyName`` (one company), or the
+   lists ``companyIds`` and ``companyNames`` (several; when both lists are given and
+   are as long, they pair up by position, so an id can be turned into its name);
+2. when the token names no company and Supabase is configured, QuDemo's tables: the
+   companies the user owns (``companies.user_id``) and those it is a member of
+   (``user_companies``), cached for ``MEMBERSHIP_CACHE_S`` per user;
+3. otherwise none: every submission is refused with 403 saying why.
+
+Names are compared case-insensitively (the duplicate key does the same). A company the
+caller does not belong to answers 403 whether or not it exists, so the answer confirms
+nothing about other tenants; a job of another caller stays 404 (``web.auth``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import TTLCache
+from flask import current_app, g
+
+from web.context import job_system
+from web.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+MEMBERSHIP_CACHE_S = 60.0
+"""How long a user's memberships read from Supabase are reused."""
+MEMBERSHIP_CACHE_USERS = 10_000
+"""At most this many users' memberships are cached (least recently used go first)."""
+MAX_CLAIMED = 500
+"""A token may name at most this many companies."""
+MAX_CLAIM_TEXT = 128
+
+
+class NotMember(ApiError):
+    """The caller does not belong to the company the request is for (403)."""
+
+    status = 403
+    default_message = "you are not a member of this company"
+
+
+class BadCompanyClaims(ValueError):
+    """The token's company claims are malformed (the token is refused)."""
+
+
+@dataclass(frozen=True)
+class Memberships:
+    """The companies one caller belongs to (names casefolded; ids as given)."""
+
+    names: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+    id_names: Mapping[str, str] = field(default_factory=dict)
+    """Company id -> name, where known (paired claims, or Supabase rows)."""
+    source: str = "none"
+    """Where they came from: ``token``, ``supabase`` or ``none``."""
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.ids)
+
+    def has_name(self, name: str) -> bool:
+        """Tell whether the caller belongs to the company called ``name``."""
+        return name.casefold() in self.names
+
+    def name_for(self, company_id: str) -> str | None:
+        """Return the name of company ``company_id`` if the caller belongs to it and it is known."""
+        return self.id_names.get(company_id) if company_id in self.ids else None
+
+    def sorted_names(self) -> list[str]:
+        """The companies' names, for replies and filters."""
+        return sorted(self.names)
+
+
+def claimed_memberships(claims: Mapping[str, Any]) -> Memberships | None:
+    """Read the company claims of a verified token; ``None`` when it names no company.
+
+    Raises:
+        BadCompanyClaims: a claim has the wrong type or an unusable value.
+    """
+    ids = _claim_list(claims, "companyId", "companyIds")
+    names = _claim_list(claims, "companyName", "companyNames")
+    if not ids and not names:
+        return None
+    pairs: dict[str, str] = {}
+    single = "companyId" in claims and "companyName" in claims
+    if single or ("companyIds" in claims and "companyNames" in claims and len(ids) == len(names)):
+        pairs = dict(zip(ids, names, strict=False))
+    return Memberships(names=frozenset(n.casefold() for n in names), ids=frozenset(ids),
+                       id_names=pairs, source="token")
+
+
+def _claim_list(claims: Mapping[str, Any], one: str, many: str) -> list[str]:
+    values: list[Any] = []
+    if one in claims and claims[one] is not None:
+        values.append(claims[one])
+    if many in claims and claims[many] is not None:
+        listed = claims[many]
+        if not isinstance(listed, list) or len(listed) > MAX_CLAIMED:
+            raise BadCompanyClaims(f"{many} must be a list of at most {MAX_CLAIMED} values")
+        values.extend(listed)
+    texts = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise BadCompanyClaims(f"{one}/{many} values must be strings")
+        text = str(value).strip()
+        if not text or len(text) > MAX_CLAIM_TEXT or not text.isprintable():
+            raise BadCompanyClaims(f"{one}/{many} has an empty, long or unprintable value")
+        if text not in texts:
+            texts.append(text)
+    return texts
+
+
+class MembershipCache:
+    """Memberships read from Supabase, per user, for ``MEMBERSHIP_CACHE_S``; thread-safe."""
+
+    def __init__(self, ttl_s: float = MEMBERSHIP_CACHE_S,
+                 size: int = MEMBERSHIP_CACHE_USERS) -> None:
+        self._cache: TTLCache[str, Memberships] = TTLCache(maxsize=size, ttl=ttl_s)
+        self._lock = threading.Lock()
+
+    def get(self, user_id: str) -> Memberships:
+        """Return ``user_id``'s memberships, reading Supabase when they are not cached.
+
+        Raises:
+            ResultStoreUnavailable: Supabase failed (a 503 with ``Retry-After``).
+        """
+        with self._lock:
+            cached = self._cache.get(user_id)
+        if cached is not None:
+            return cached
+        companies = job_system().user_companies(user_id)
+        found = Memberships(names=frozenset(c.name.casefold() for c in companies),
+                            ids=frozenset(c.id for c in companies),
+                            id_names={c.id: c.name for c in companies}, source="supabase")
+        with self._lock:
+            self._cache[user_id] = found
+        return found
+
+    def clear(self) -> None:
+        """Forget every cached membership (tests, and an operator's change of tables)."""
+        with self._lock:
+            self._cache.clear()
+
+
+CACHE_EXTENSION = "qudemo_memberships"
+
+
+def membership_cache() -> MembershipCache:
+    """The current app's membership cache (one per app, so apps never share a user's)."""
+    cache: MembershipCache = current_app.extensions.setdefault(CACHE_EXTENSION,
+                                                               MembershipCache())
+    return cache
+
+
+def caller_memberships() -> Memberships | None:
+    """Return the current caller's companies; ``None`` for an admin (every company).
+
+    Raises:
+        ResultStoreUnavailable: the memberships had to be read from Supabase, which failed.
+    """
+    from web.auth import current_principal
+
+    principal = current_principal()
+    if principal.is_admin:
+        return None
+    found: Memberships | None = g.get("memberships")
+    if found is None:
+        if principal.claimed is not None:
+            found = principal.claimed
+        elif job_system().supabase_configured:
+            found = membership_cache().get(principal.user_id)
+        else:
+            found = Memberships()
+        g.memberships = found
+    return found
+
+
+def require_member(company_name: str, company_id: str | None = None) -> None:
+    """Refuse (403) unless the caller may work for the company ``company_name``.
+
+    With ``company_id`` too, the id must be one of the caller's companies' when the
+    caller's companies are known by id, and name the same company when its name is known.
+    """
+    memberships = caller_memberships()
+    if memberships is None:
+        return
+    if not memberships:
+        raise NotMember(_no_companies_message(), details=[
+            {"field": "company_name", "message": "the caller belongs to no company"}])
+    if not memberships.has_name(company_name):
+        known = memberships.name_for(company_id) if company_id else None
+        if known is None or known.casefold() != company_name.casefold():
+            raise NotMember(f"you are not a member of company {company_name!r}", details=[
+                {"field": "company_name", "message": "is not one of the caller's companies"}])
+    if company_id and memberships.ids and company_id not in memberships.ids:
+        raise NotMember(f"you are not a member of company id {company_id!r}", details=[
+            {"field": "company_id", "message": "is not one of the caller's companies"}])
+    known_name = memberships.name_for(company_id) if company_id else None
+    if known_name is not None and known_name.casefold() != company_name.casefold():
+        raise NotMember("company_id and company_name name different companies", details=[
+            {"field": "company_id", "message": f"is the id of {known_name!r}"}])
+
+
+def company_name_for(company_id: str) -> str | None:
+    """Return the name of the caller's company ``company_id``, when the caller's data says it."""
+    memberships = caller_memberships()
+    return None if memberships is None else memberships.name_for(company_id)
+
+
+def visible_companies() -> list[str] | None:
+    """The companies whose counts the caller may see; ``None`` for every company (admins)."""
+    memberships = caller_memberships()
+    return None if memberships is None else memberships.sorted_names()
+
+
+def _no_companies_message() -> str:
+    if job_system().supabase_configured:
+        return ("your token names no company (companyId / companyName claims) and Supabase "
+                "lists none for you (companies.user_id, user_companies)")
+    return ("your token names no company: it needs a companyName (or companyNames) claim "
+            "for the companies you work for")
