@@ -84,7 +84,7 @@ def test_data_shows_running_jobs_and_failures(client: FlaskClient,
 
 
 def test_dashboard_is_exempt_from_the_rate_limit(job_system: JobSystem) -> None:
-    client = make_app(job_system, rate_limit_max_requests=2).test_client()
+    client = make_app(job_system, rate_limit_read_max_requests=2).test_client()
     for _ in range(4):
         for path in ("/dashboard", "/dashboard/dashboard.js", "/api/queue/dashboard"):
             assert client.get(path).status_code == 200, path

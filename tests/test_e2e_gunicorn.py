@@ -144,7 +144,7 @@ def test_auth_and_tenancy(server: GunicornServer) -> None:
 
 
 def test_rate_limit(module_standin: PythonApiStandIn, tmp_path: Path) -> None:
-    env = base_env(module_standin, RATE_LIMIT_MAX_REQUESTS="5", RATE_LIMIT_WINDOW_MS="60000")
+    env = base_env(module_standin, RATE_LIMIT_READ_MAX_REQUESTS="5", RATE_LIMIT_WINDOW_MS="60000")
     server = GunicornServer(tmp_path, env).start()
     try:
         alice = auth("alice")

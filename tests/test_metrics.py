@@ -159,7 +159,7 @@ def test_access_admin_by_default_public_when_configured(job_system: JobSystem) -
 
 
 def test_exempt_from_the_rate_limit(job_system: JobSystem) -> None:
-    client = make_app(job_system, rate_limit_max_requests=2).test_client()
+    client = make_app(job_system, rate_limit_read_max_requests=2).test_client()
     for _ in range(5):
         reply = client.get("/metrics")
         assert reply.status_code == 200

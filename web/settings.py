@@ -56,6 +56,8 @@ LOG_FORMATS = ("text", "json")
 METRICS_ACCESS = ("admin", "public")
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 MIN_JWT_SECRET_BYTES = 32
+DEFAULT_READ_MAX_REQUESTS = 18000
+"""Reads per client per window by default: 20 a second over the default 15 minutes."""
 SECRET_VARIABLES = ("JWT_SECRET", "SUPABASE_SERVICE_ROLE_KEY", "DATABASE_URL",
                     "RATE_LIMIT_STORAGE_URI")
 """Variables whose values are secrets or may hold one: never quoted in a message."""
@@ -74,6 +76,11 @@ class WebSettings:
     environment: str = "development"
     cors_origins: tuple[str, ...] = ()
     rate_limit_max_requests: int = 200
+    rate_limit_read_max_requests: int | None = None
+    """The reads budget (``web.limits``). ``None`` (unset) becomes, at construction,
+    ``DEFAULT_READ_MAX_REQUESTS`` or ``rate_limit_max_requests`` if that is larger: a
+    deployment that raised the one shared budget of earlier versions keeps at least that
+    much for its reads."""
     rate_limit_window_s: int = 900
     rate_limit_storage_uri: str = "memory://"
     trust_proxy: int = 0
@@ -96,8 +103,26 @@ class WebSettings:
 
     @property
     def rate_limit(self) -> str:
-        """The limit in flask-limiter's notation, e.g. ``200 per 900 second``."""
+        """The general budget in flask-limiter's notation, e.g. ``200 per 900 second``."""
         return f"{self.rate_limit_max_requests} per {self.rate_limit_window_s} second"
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_read_max_requests is None:
+            # Resolved here, not in a property, so that settings read from an environment
+            # that spells the default out equal those read from one that leaves it unset.
+            object.__setattr__(self, "rate_limit_read_max_requests",
+                               max(DEFAULT_READ_MAX_REQUESTS, self.rate_limit_max_requests))
+
+    @property
+    def read_max_requests(self) -> int:
+        """Reads of jobs and queues allowed per client per window (``web.limits``)."""
+        assert self.rate_limit_read_max_requests is not None  # resolved in __post_init__
+        return self.rate_limit_read_max_requests
+
+    @property
+    def read_rate_limit(self) -> str:
+        """The reads budget in flask-limiter's notation, e.g. ``18000 per 900 second``."""
+        return f"{self.read_max_requests} per {self.rate_limit_window_s} second"
 
     def problems(self) -> list[str]:
         """Return what is wrong with these values (empty when they are usable)."""
@@ -125,6 +150,11 @@ class WebSettings:
         if "://" not in self.rate_limit_storage_uri or scheme not in _storage_schemes():
             found.append(f"RATE_LIMIT_STORAGE_URI={redact(self.rate_limit_storage_uri)!r} is "
                          "not a storage URI such as memory:// or redis://host:6379")
+        elif missing := _storage_missing_package(scheme):
+            found.append(f"RATE_LIMIT_STORAGE_URI={redact(self.rate_limit_storage_uri)!r} "
+                         f"needs the Python package {missing} (pip install {missing})")
+        if self.rate_limit_read_max_requests is not None and self.rate_limit_read_max_requests < 1:
+            found.append("RATE_LIMIT_READ_MAX_REQUESTS must be greater than zero")
         if self.log_level not in LOG_LEVELS:
             found.append(f"LOG_LEVEL={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
@@ -147,6 +177,9 @@ class WebSettings:
             environment=(env.raw("APP_ENV") or env.raw("NODE_ENV") or "").strip().lower(),
             cors_origins=tuple(o.rstrip("/") for o in _split(env.raw("CORS_ORIGINS"))),
             rate_limit_max_requests=env.number("RATE_LIMIT_MAX_REQUESTS", 200, allow_zero=False),
+            # 0 stands for unset here; an explicit 0 is refused by allow_zero.
+            rate_limit_read_max_requests=env.number("RATE_LIMIT_READ_MAX_REQUESTS", 0,
+                                                    allow_zero=False) or None,
             # limits counts windows in whole seconds; round up so a window is never shortened.
             rate_limit_window_s=max(1, math.ceil(window_ms / 1000)),
             rate_limit_storage_uri=env.text("RATE_LIMIT_STORAGE_URI", d.rate_limit_storage_uri),
@@ -267,4 +300,24 @@ def _storage_schemes() -> frozenset[str]:
 
     # limits keeps its registry of schemes in a module attribute it does not export.
     registered = getattr(limits.storage, "SCHEMES", None)
-    return frozenset(registered or ("memory", "redis", "rediss", "memcached", "mongodb"))
+    schemes = frozenset(registered or ("memory", "redis", "rediss", "memcached", "mongodb"))
+    # flask-limiter is synchronous: an async+ storage would fail on the first request.
+    return frozenset(s for s in schemes if not s.startswith("async+"))
+
+
+def _storage_missing_package(scheme: str) -> str | None:
+    """Name the client package the storage of ``scheme`` needs and does not find, if any.
+
+    limits imports it only when the storage is built, in every worker; without this check a
+    ``redis://`` URI on an install without ``redis`` would crash each worker at boot instead
+    of stopping the server with one line.
+    """
+    import importlib.util
+
+    import limits.storage
+
+    storage = getattr(limits.storage, "SCHEMES", {}).get(scheme)
+    needed = list(getattr(storage, "DEPENDENCIES", None) or ())
+    if not needed or any(importlib.util.find_spec(name) is not None for name in needed):
+        return None
+    return str(needed[0])
