@@ -17,8 +17,12 @@ Environment: ``PORT`` (5000), ``HOST`` (0.0.0.0), ``GUNICORN_THREADS`` (8),
 ``QUEUE_DRAIN_TIMEOUT_MS`` (30000; the graceful timeout is this plus 5 s),
 ``GUNICORN_ACCESS_LOG`` ("-" for stdout, empty for none),
 ``LOG_LEVEL`` (info), ``LOG_FORMAT`` (``text``, or ``json``: one JSON object per line, job
-lifecycle lines with job_id, kind, attempt and event). With ``METRICS_PORT`` set, the
-worker also serves ``/metrics`` on that port (``web.metrics.serve_separately``).
+lifecycle lines with job_id, kind, attempt and event). With ``METRICS_PORT`` set, one
+worker also serves ``/metrics`` on that port (``web.metrics.serve_separately``; the others
+keep trying to bind it, so one takes over when it exits). With several workers, the master
+makes a fresh directory for prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+kept across reloads, removed at exit) and every scrape reports all the workers
+(``web.metrics_shared``).
 
 A bad configuration stops gunicorn, with exit status 3 and one line naming every bad
 variable (no secret quoted): ``on_starting`` checks this file's variables and every setting
@@ -33,9 +37,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -150,6 +156,7 @@ def on_starting(server: Any) -> None:
         if server.pidfile is not None:
             server.pidfile.unlink()
         raise SystemExit(CONFIG_ERROR)
+    _share_metrics(server, fresh=True)
 
 
 def on_reload(server: Any) -> None:
@@ -157,6 +164,54 @@ def on_reload(server: Any) -> None:
     problems = _all_problems()
     if problems:
         raise HaltServer(f"invalid configuration: {'; '.join(problems)}", CONFIG_ERROR)
+    _share_metrics(server, fresh=False)
+
+
+METRICS_DIR_PREFIX = "qudemo-metrics-"
+"""The shared metrics directory's name starts so; only such a directory is ever removed."""
+
+
+def _share_metrics(server: Any, *, fresh: bool) -> None:
+    """With several workers, make the directory they share their metrics in.
+
+    Set before any worker is forked, so that each worker's prometheus-client starts in
+    multiprocess mode (``web.metrics_shared``). A new directory at start, so that no earlier
+    run's counts are summed; kept across a reload, so that counters go on. With one worker
+    nothing changes: it renders its own registry.
+    """
+    if server.cfg.workers <= 1 or (not fresh and _metrics_dir() is not None):
+        return
+    try:
+        directory = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)  # mode 0700: this user's only
+    except OSError as exc:  # metrics are no reason not to serve
+        server.log.warning("metrics: no directory to share them (%s); each /metrics answer "
+                           "is one worker's", exc)
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
+def _metrics_dir() -> str | None:
+    """Return the shared metrics directory this master made, if any."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(directory).startswith(METRICS_DIR_PREFIX) and os.path.isdir(directory):
+        return directory
+    return None
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop an exited worker's gauges from the shared metrics (its counts stay in the sums)."""
+    directory = _metrics_dir()
+    if directory is not None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(worker.pid, directory)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the shared metrics directory."""
+    directory = _metrics_dir()
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _all_problems() -> list[str]:
@@ -253,8 +308,13 @@ def post_worker_init(worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if _extension(worker) is not None:
         from web.metrics import serve_separately
+        from web.metrics_shared import share_across_workers
 
-        serve_separately(app, _get("HOST", "0.0.0.0"))  # only when METRICS_PORT is set
+        directory = _metrics_dir()
+        if worker.cfg.workers > 1 and directory is not None:
+            share_across_workers(app, directory)  # before serving: the port serves it too
+        # Only when METRICS_PORT is set; a sibling worker may hold it: take over when it exits.
+        serve_separately(app, _get("HOST", "0.0.0.0"), keep_trying=True)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -267,8 +327,10 @@ def worker_exit(server: Any, worker: Any) -> None:
     ext = _extension(worker)
     if ext is not None:
         from web.metrics import stop_separate_server
+        from web.metrics_shared import stop_sharing
 
-        stop_separate_server(worker.wsgi)
+        stop_separate_server(worker.wsgi)  # at once: a sibling takes the port over
         until = getattr(worker, "qudemo_drain_until", None)
         left_s = _drain_s if until is None else max(0.0, until - time.monotonic())
         ext.shutdown(drain=True, timeout_s=left_s)
+        stop_sharing(worker.wsgi)  # after the drain, which the gauges show until then

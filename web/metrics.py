@@ -13,10 +13,15 @@ One scrape renders, from a per-app ``CollectorRegistry``:
   grow the label set;
 * the process, platform and garbage-collector collectors of prometheus-client.
 
+Under gunicorn with several workers, ``web.metrics_shared`` replaces that registry with one
+that reads every worker's figures from a shared directory (prometheus-client's multiprocess
+mode), so that any worker's answer is the whole server's.
+
 Access (``METRICS_ACCESS``): ``admin`` (the default) needs an admin bearer token, which
 with authentication off every request is; ``public`` needs nothing. With ``METRICS_PORT``
-set, gunicorn's worker serves the same registry on that port instead
-(``serve_separately``), with no token, for a scraper on a private network, and the main
+set, one gunicorn worker serves the same registry on that port instead
+(``serve_separately``; the others keep trying to bind it, so that one takes over when the
+serving worker exits), with no token, for a scraper on a private network, and the main
 port's ``/metrics`` answers 404: the metrics are never reachable where the API is public.
 ``/metrics`` is exempt from the rate limit (a scraper must not eat a client's budget).
 """
@@ -24,6 +29,7 @@ port's ``/metrics`` answers 404: the metrics are never reachable where the API i
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +72,8 @@ HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTI
 HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 KNOWN_PAUSE_REASONS = ("operator", "memory", "process memory")
 """Pause reasons always exported (0 when inactive): the operator's and the watchdog's two."""
+BIND_RETRY_S = 1.0
+"""How often a worker that could not bind ``METRICS_PORT`` tries again (``keep_trying``)."""
 
 
 @dataclass(eq=False)
@@ -76,6 +84,10 @@ class AppMetrics:
     requests: Counter
     latency: Histogram
     server: WSGIServer | None = field(default=None, repr=False)
+    binding: threading.Thread | None = field(default=None, repr=False)
+    """The thread that keeps trying to bind ``METRICS_PORT`` (``keep_trying``), if any."""
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class _Forward(Collector):
@@ -101,6 +113,10 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the gauges of one snapshot (only ``qudemo_up 0`` when it fails)."""
+        yield from self.read()[1]
+
+    def read(self) -> tuple[bool, list[Metric]]:
+        """Return whether the snapshot was taken, and its gauges (only ``qudemo_up 0`` if not)."""
         up = GaugeMetricFamily("qudemo_up", "1 while every actor of the job system is alive "
                                "and answering.")
         try:
@@ -109,10 +125,11 @@ class SnapshotCollector(Collector):
         except Exception as exc:  # a scrape reports a broken core; it must not fail
             logger.warning("metrics: job system did not answer: %s", exc)
             up.add_metric([], 0)
-            yield up
-            return
+            return False, [up]
         up.add_metric([], 1 if alive else 0)
-        yield up
+        return True, [up, *self._gauges(snapshot)]
+
+    def _gauges(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
         yield _gauge("qudemo_accepting", "1 while new jobs are accepted (0 while draining).",
                      snapshot.get("accepting"))
         yield from _queue_gauges(snapshot)
@@ -323,33 +340,65 @@ def metrics() -> Response:
     return Response(body, status=200, content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
-def serve_separately(app: Flask, host: str) -> WSGIServer | None:
+def serve_separately(app: Flask, host: str, *, keep_trying: bool = False) -> WSGIServer | None:
     """Serve ``app``'s metrics on ``METRICS_PORT`` (when set) from a daemon thread.
 
     Called by gunicorn's ``post_worker_init`` in each worker process. Returns the
-    server (``stop_separate_server`` closes it), or ``None`` when no port is set.
+    server (``stop_separate_server`` closes it), or ``None`` when no port is set or it
+    is taken. With ``keep_trying`` a taken port is tried again every ``BIND_RETRY_S``
+    from a daemon thread until this worker serves it or is stopped: of several workers
+    one serves the port, and when it exits (a reload, a crash) another takes over.
     """
     port = extension(app).settings.web.metrics_port
     if port is None:
         return None
     metrics = app_metrics(app)
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
-    except OSError as exc:
-        # Several gunicorn workers (postgres store): the first one serves the port. The
-        # others' figures stay on /metrics of the main port (each answer is one worker's).
-        logger.warning("metrics port %d not served by this worker (%s); its metrics are on"
-                       " /metrics of the main port", port, exc.strerror or exc)
-        return None
-    metrics.server = server
+    metrics.stopping.clear()  # served again after a stop_separate_server
+    server = _bind(metrics, host, port, quiet=False, keep_trying=keep_trying)
+    if server is None and keep_trying:
+        def retry() -> None:
+            while not metrics.stopping.wait(BIND_RETRY_S):
+                if _bind(metrics, host, port, quiet=True, keep_trying=True) is not None:
+                    return
+
+        metrics.binding = threading.Thread(target=retry, name="metrics-port-bind", daemon=True)
+        metrics.binding.start()
+    return server
+
+
+def _bind(metrics: AppMetrics, host: str, port: int, *, quiet: bool,
+          keep_trying: bool) -> WSGIServer | None:
+    """Start the ``METRICS_PORT`` server when the port is free; ``None`` when it is taken."""
+    with metrics.lock:
+        if metrics.stopping.is_set():
+            return None
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+        except OSError as exc:
+            if not quiet:
+                # Several gunicorn workers: whichever binds first serves the port, and with
+                # several workers its registry reports all of them (web.metrics_shared).
+                logger.log(logging.INFO if keep_trying else logging.WARNING,
+                           "metrics port %d not served by this worker (%s)%s", port,
+                           exc.strerror or exc, "; it takes the port over once it is free"
+                           if keep_trying else "")
+            return None
+        metrics.server = server
     logger.info("metrics served on %s:%d/metrics (METRICS_PORT)", host, port)
     return server
 
 
 def stop_separate_server(app: Flask) -> None:
-    """Close the ``METRICS_PORT`` server of ``app``, if one runs."""
+    """Close the ``METRICS_PORT`` server of ``app``, if one runs, and stop trying to bind it."""
     metrics = app.extensions.get(METRICS_EXTENSION)
-    if metrics is not None and metrics.server is not None:
-        metrics.server.shutdown()
-        metrics.server.server_close()
-        metrics.server = None
+    if metrics is None:
+        return
+    metrics.stopping.set()
+    if metrics.binding is not None:
+        metrics.binding.join(timeout=5)
+        metrics.binding = None
+    with metrics.lock:
+        if metrics.server is not None:
+            metrics.server.shutdown()
+            metrics.server.server_close()
+            metrics.server = None
