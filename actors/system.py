@@ -34,7 +34,7 @@ from actors.errors import (
     SettingsError,
     ShuttingDown,
 )
-from actors.jobs import Job, JobKind, JobState, freeze, new_job_id
+from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, freeze, new_job_id
 from actors.messages import (
     AddJob,
     AttachDispatcher,
@@ -75,6 +75,8 @@ STORE_WRITE_WAIT_S = 15.0
 """How long a submitter waits, past its ask timeout, for a write the registry has begun."""
 UNKNOWN_PLACE = (-1, -1.0)
 """The place of a job that was stored while its submitter stopped waiting for the answer."""
+WAIT_POLL_S = 0.05
+"""How often ``JobSystem.wait`` looks at the job."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +381,23 @@ class JobSystem:
         if job is None:
             raise JobNotFound()
         return job  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, timeout_s: float = 60.0) -> Job:
+        """Return the job once it is finished (completed, failed or cancelled).
+
+        For REPLs and scripts: it asks the registry every ``WAIT_POLL_S`` from the
+        calling thread (never an actor's). Raises ``TimeoutError`` if the job is still
+        unfinished after ``timeout_s``, ``JobNotFound`` for an unknown id.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if job.state in FINISHED_STATES:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.state.value} after "
+                                   f"{timeout_s:g} s")
+            time.sleep(WAIT_POLL_S)
 
     def list_jobs(
         self,

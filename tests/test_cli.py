@@ -178,3 +178,39 @@ def test_table_layout() -> None:
     assert lines[0] == "ID  ERROR" and lines[1].startswith("--  ---")
     assert lines[2].endswith("…") and len(lines[2]) == 4 + 60
     assert lines[3] == "bb  line one line two" and lines[4] == "c   -"
+
+
+def test_a_minted_token_works_for_its_companies_only(server: GunicornServer,
+                                                     standin: PythonApiStandIn) -> None:
+    minted = CliRunner().invoke(jobs, ["token", "--user", "dana", "--company", "acme"],
+                                env={"JWT_SECRET": SECRET, "APP_ENV": ""})
+    assert minted.exit_code == 0, minted.output
+    bearer_header = {"Authorization": f"Bearer {minted.output.strip()}"}
+    body = {"question": "What is it?", "companyName": "acme"}
+    own = server.request("POST", "/api/interactions/i-1/questions", json=body,
+                         headers=bearer_header)
+    assert own.status_code == 202, own.text
+    other = server.request("POST", "/api/interactions/i-1/questions", headers=bearer_header,
+                           json={**body, "companyName": "globex"})
+    assert other.status_code == 403
+    assert server.request("POST", "/api/queue/video/pause",
+                          headers=bearer_header).status_code == 403  # not an admin
+    admin = CliRunner().invoke(jobs, ["token", "--user", "ops", "--admin"],
+                               env={"JWT_SECRET": SECRET, "APP_ENV": ""})
+    paused = server.request("POST", "/api/queue/video/pause",
+                            headers={"Authorization": f"Bearer {admin.output.strip()}"})
+    assert paused.status_code == 200
+    assert server.request("POST", "/api/queue/video/resume", headers={
+        "Authorization": f"Bearer {admin.output.strip()}"}).status_code == 200
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"JWT_SECRET": SECRET, "APP_ENV": "production"}, "refusing to mint a token in production"),
+    ({"JWT_SECRET": SECRET, "APP_ENV": "", "NODE_ENV": "production"}, "in production"),
+    ({"JWT_SECRET": "", "APP_ENV": "development"}, "JWT_SECRET is not set"),
+])
+def test_no_token_is_minted_in_production_or_without_a_secret(env: dict[str, str],
+                                                               message: str) -> None:
+    result = CliRunner().invoke(jobs, ["token", "--user", "dana"], env=env)
+    assert result.exit_code == 1
+    assert message in result.output

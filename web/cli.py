@@ -10,6 +10,7 @@ with these commands and no job system, whose routes all answer 503.
     flask --app wsgi jobs show JOB_ID
     flask --app wsgi jobs retry JOB_ID
     flask --app wsgi jobs cancel JOB_ID
+    flask --app wsgi jobs token --user alice --company acme-corp [--admin]
     flask --app wsgi queue pause video
     flask --app wsgi queue resume video
     flask --app wsgi queue status
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -245,6 +247,47 @@ def cancel_job(job_id: str, kind: str | None, url: str, token: str | None,
         _print_json(body)
         return
     click.echo(f"job {job_id} cancelled")
+
+
+@jobs.command("token")
+@click.option("--user", required=True, help="The token's userId.")
+@click.option("--company", "companies", multiple=True,
+              help="A company (name) the token works for; repeat for several.")
+@click.option("--company-id", "company_ids", multiple=True,
+              help="A company id, paired in order with --company (repeat).")
+@click.option("--admin", is_flag=True, help="Give the token the admin role.")
+@click.option("--ttl", "ttl_s", type=click.IntRange(60, 30 * 86400), default=3600,
+              show_default=True, help="Seconds until the token expires.")
+def mint_token(user: str, companies: tuple[str, ...], company_ids: tuple[str, ...],
+               admin: bool, ttl_s: int) -> None:
+    """Print a token signed with this machine's JWT_SECRET, for trying the API.
+
+    Refused in production (APP_ENV or NODE_ENV=production): there, tokens come from your
+    identity provider. Without JWT_SECRET the server's authentication is off and no token
+    is needed.
+    """
+    environment = (os.environ.get("APP_ENV") or os.environ.get("NODE_ENV") or "").strip()
+    if environment.lower() == "production":
+        raise click.ClickException("refusing to mint a token in production (APP_ENV="
+                                   "production): tokens come from your identity provider")
+    secret = os.environ.get("JWT_SECRET")
+    if not secret:
+        raise click.ClickException("JWT_SECRET is not set (here or in .env): the server's "
+                                   "authentication is off (APP_ENV=development), so requests "
+                                   "need no token")
+    if company_ids and len(company_ids) != len(companies):
+        raise click.UsageError("give one --company per --company-id (they pair in order)")
+    import jwt
+
+    now = int(time.time())
+    claims: dict[str, Any] = {"userId": user, "iat": now, "exp": now + ttl_s}
+    if companies:
+        claims["companyNames"] = list(companies)
+    if company_ids:
+        claims["companyIds"] = list(company_ids)
+    if admin:
+        claims["role"] = "admin"
+    click.echo(jwt.encode(claims, secret, algorithm="HS256"))
 
 
 # --- queue --------------------------------------------------------------------------------
