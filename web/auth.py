@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from actors.jobs import Job
+from web.company_claims import BadCompanyClaims, Memberships, claimed_memberships
 from web.context import web_settings
 from web.errors import AuthRequired, NotAllowed
-from web.tenancy import BadCompanyClaims, Memberships, claimed_memberships
 
 logger = logging.getLogger(__name__)
 
