@@ -105,6 +105,8 @@ graceful_timeout = int(_drain_s) + 5
 keepalive = 5
 preload_app = False
 accesslog = _get("GUNICORN_ACCESS_LOG", "-") or None
+# The access log hides ?access_token= values (the events routes' stream tokens, serving.py).
+logger_class = "serving.RedactingLogger"
 loglevel = _get("LOG_LEVEL", "info").strip().lower()
 if loglevel not in ("debug", "info", "warning", "error", "critical"):
     loglevel = "info"  # so that logging works; the app's check names LOG_LEVEL

@@ -40,6 +40,18 @@ address and the reason, never the request's content: ``LOG_DETAILED`` of each ki
 body, ...) every ``LOG_WINDOW_S`` one by one, the rest summed up in one line. A worker that has
 reached gunicorn's ``worker_connections`` says so at WARNING.
 
+**Event streams** (``text/event-stream``, ``web.sse``) hold no thread either. A streaming
+answer's body hands itself over after its first chunk (``WriteBehind.adopt_stream``); the
+thread finishes the request at once, and the event loop sends the rest (``Streaming``):
+chunks as the stream is woken (through gthread's method queue, from any thread),
+heartbeats on the loop's deadlines, nothing read but the client's close. A client that does
+not take what is sent within ``send_timeout_s`` is cut. When the worker stops, every stream
+is ended at once (its client reconnects, elsewhere with ``Last-Event-ID``), so no stream
+holds up the graceful shutdown.
+
+The access log hides query values that are tokens (``RedactingLogger``: ``access_token``,
+the events routes' stream tokens).
+
 TLS terminated by gunicorn itself, the PROXY protocol, the uWSGI protocol and HTTP/2 are not
 read this way: with any of them configured the worker is plain gthread and says so at start.
 """
@@ -51,6 +63,7 @@ import errno
 import heapq
 import itertools
 import json
+import re
 import selectors
 import socket
 import time
@@ -60,7 +73,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any
 
-from gunicorn import http, util  # type: ignore[import-untyped]
+from gunicorn import glogging, http, util  # type: ignore[import-untyped]
 from gunicorn.http.unreader import Unreader  # type: ignore[import-untyped]
 from gunicorn.workers import gthread  # type: ignore[import-untyped]
 
@@ -462,12 +475,25 @@ class WriteBehind:
         self.limit = limit
         self.timeout_s = timeout_s
         self.pending = bytearray()
+        self.stream: Any = None
+        """An event stream the event loop sends from now on (``adopt_stream``)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
+    def adopt_stream(self, stream: Any) -> bool:
+        """Take ``stream`` (``web.sse``'s loop protocol) to be sent by the event loop.
+
+        Called by the answer's body after its first chunk; what the thread writes after
+        this (gunicorn's closing chunk) is dropped: the loop frames and ends the stream.
+        """
+        self.stream = stream
+        return True
+
     def sendall(self, data: bytes) -> None:
         """Send what the socket takes now (it is non-blocking); keep the rest."""
+        if self.stream is not None:
+            return  # adopted: the loop sends the rest of the answer
         if not self.pending:
             try:
                 sent = self._sock.send(data)
@@ -523,6 +549,40 @@ class WriteBehind:
         self._sock.close()
 
 
+class Streaming:
+    """An event stream the event loop sends: framed chunks, heartbeats, the client's close."""
+
+    def __init__(self, conn: Any, stream: Any, chunked: bool, unsent: bytearray) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.chunked = chunked
+        self.out = unsent
+        self.due = float("inf")  # when to ask the stream again (its next heartbeat)
+        self.send_due = float("inf")  # when a client that takes nothing is cut
+        self.ending = False  # the last chunk is in ``out``
+        self.finished = False
+        self.woken = False
+        self.writing = False
+        self.next_check = float("inf")
+        self.discarded = 0
+
+    def frame(self, data: bytes) -> None:
+        """Append ``data`` as one chunk (or as is, for an HTTP/1.0 client)."""
+        if data:
+            self.out += b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
+
+    def finish(self) -> None:
+        """Append the end of the answer."""
+        if not self.ending:
+            self.ending = True
+            if self.chunked:
+                self.out += b"0\r\n\r\n"
+
+    def deadline(self) -> float:
+        """Return when the loop must look at this stream again."""
+        return min(self.due, self.send_due)
+
+
 class Outgoing:
     """The rest of an answer, sent by the event loop before gthread's finish_request runs."""
 
@@ -554,6 +614,9 @@ class BufferedConn(gthread.TConn):  # type: ignore[misc]
         self.released = False
         self.unsent = bytearray()
         """What the last answer's thread left for the event loop to send."""
+        self.stream: Any = None
+        """An event stream the answer's thread handed over (``WriteBehind.adopt_stream``)."""
+        self.stream_chunked = True
 
     def close(self, graceful: bool = False) -> None:
         """Close the connection; ``graceful`` lingers in the event loop, never blocking it."""
@@ -570,7 +633,8 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.max_body = DEFAULT_MAX_BODY_BYTES
         self.max_line = int(self.cfg.limit_request_field_size or 8190)
         self.reading: dict[BufferedConn, Incoming] = {}
-        self.deadlines: list[tuple[float, int, Incoming | Outgoing]] = []
+        self.deadlines: list[tuple[float, int, Incoming | Outgoing | Streaming]] = []
+        self.streams: set[Streaming] = set()
         self.order = itertools.count()
         self.per_client: Counter[str] = Counter()
         self.lingering: dict[socket.socket, tuple[float, int]] = {}
@@ -686,6 +750,9 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
             return super().handle_request(req, conn)
         except TimeoutError:
             writer.pending = bytearray()
+            if writer.stream is not None:
+                writer.stream.loop_closed()
+                writer.stream = None
             self.method_queue.defer(
                 self.cuts.note, time.monotonic(), conn.client, "send",
                 f"answer not taken within {self.limits.send_timeout_s:g} s", "closed")
@@ -693,11 +760,16 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
         finally:
             conn.sock = sock
             conn.unsent = writer.pending
+            conn.stream = writer.stream
+            conn.stream_chunked = tuple(req.version) >= (1, 1)
             with contextlib.suppress(OSError):
                 sock.settimeout(self.limits.send_timeout_s)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """After a thread: send what it left in the loop, then do what gthread does."""
+        if not self.unsupported and isinstance(conn, BufferedConn) and conn.stream is not None:
+            self.start_streaming(conn)
+            return
         if self.unsupported or not isinstance(conn, BufferedConn) or not conn.unsent:
             super().finish_request(conn, fs)
             return
@@ -734,6 +806,133 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
         outgoing.finished = True
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(outgoing.conn.sock)
+
+    # event streams -----------------------------------------------------------------------
+
+    def start_streaming(self, conn: BufferedConn) -> None:
+        """Send a handed-over event stream from the loop until it ends or its client leaves."""
+        item = Streaming(conn, conn.stream, conn.stream_chunked, conn.unsent)
+        conn.stream, conn.unsent = None, bytearray()
+        self.streams.add(item)
+        try:
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self.on_stream_event, item))
+        except (OSError, ValueError, KeyError):
+            self.end_stream(item, graceful=False)
+            return
+        item.stream.loop_attach(partial(self.wake_stream, item))
+        if self.stopping:
+            item.finish()
+        self.pump_stream(item, time.monotonic())
+
+    def wake_stream(self, item: Streaming) -> None:
+        """From any thread: the stream has more to send (one wake-up queued at a time)."""
+        if not item.woken and not item.finished:
+            item.woken = True
+            self.method_queue.defer(self.on_stream_woken, item)
+
+    def on_stream_woken(self, item: Streaming) -> None:
+        """In the loop: take what the stream has."""
+        item.woken = False
+        if not item.finished:
+            self.pump_stream(item, time.monotonic())
+
+    def pump_stream(self, item: Streaming, now: float) -> None:
+        """Take the stream's data (or heartbeat) and send what the socket takes."""
+        if not item.ending:
+            data, done, due = item.stream.loop_take(now)
+            item.frame(data)
+            item.due = due
+            if done:
+                item.finish()
+        if item.ending:
+            item.due = float("inf")
+        self.send_stream(item, now)
+
+    def send_stream(self, item: Streaming, now: float) -> None:
+        """Send what is framed; watch for writability while the client lags behind."""
+        sent = 0
+        if item.out:
+            try:
+                sent = item.conn.sock.send(item.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.end_stream(item, graceful=False)
+                return
+            del item.out[:sent]
+        if item.out and len(item.out) > OUT_BUFFER_BYTES:
+            self.cut_stream(item, now, f"over {OUT_BUFFER_BYTES} bytes not taken")
+            return
+        if item.out:
+            if item.send_due == float("inf") or sent:
+                item.send_due = now + self.limits.send_timeout_s
+        else:
+            item.send_due = float("inf")
+        if item.ending and not item.out:
+            self.end_stream(item, graceful=True)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if item.out else 0)
+        if bool(item.out) != item.writing:
+            item.writing = bool(item.out)
+            try:
+                self.poller.modify(item.conn.sock, events, partial(self.on_stream_event, item))
+            except (OSError, ValueError, KeyError):
+                self.end_stream(item, graceful=False)
+                return
+        self.schedule(item)
+
+    def on_stream_event(self, item: Streaming, sock: socket.socket) -> None:
+        """The client's socket is readable (closed, most likely) or writable again."""
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            data = None
+        except OSError:
+            data = b""
+        if data == b"":
+            self.end_stream(item, graceful=False)  # the client left
+            return
+        if data:
+            item.discarded += len(data)  # a stream's client has nothing to say
+            if item.discarded > LINGER_MAX_BYTES:
+                self.end_stream(item, graceful=False)
+                return
+        self.send_stream(item, time.monotonic())
+
+    def stream_due(self, item: Streaming, now: float) -> None:
+        """A stream's deadline: its client took nothing in time, or a heartbeat is due."""
+        if item.send_due <= now:
+            self.cut_stream(item, now, f"nothing taken within {self.limits.send_timeout_s:g} s")
+        else:
+            self.pump_stream(item, now)
+
+    def cut_stream(self, item: Streaming, now: float, why: str) -> None:
+        """Close a stream whose client does not read."""
+        self.cuts.note(now, item.conn.client, "send", f"event stream: {why}", "closed")
+        self.end_stream(item, graceful=False)
+
+    def end_stream(self, item: Streaming, *, graceful: bool) -> None:
+        """Close a stream's connection and tell the stream."""
+        if item.finished:
+            return
+        item.finished = True
+        self.streams.discard(item)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(item.conn.sock)
+        try:
+            item.stream.loop_closed()
+        finally:
+            self.nr_conns -= 1
+            item.conn.close(graceful=graceful)
+
+    def end_streams(self) -> None:
+        """The worker stops: end every stream now (clients reconnect, with Last-Event-ID)."""
+        now = time.monotonic()
+        for item in list(self.streams):
+            item.finish()
+            self.send_stream(item, now)
 
     # reading in the loop -----------------------------------------------------------------
 
@@ -840,7 +1039,7 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(incoming.conn.sock)
 
-    def schedule(self, incoming: Incoming | Outgoing) -> None:
+    def schedule(self, incoming: Incoming | Outgoing | Streaming) -> None:
         """Make sure the loop looks at ``incoming`` again by its deadline.
 
         Deadlines mostly move later (a body that keeps coming); the heap keeps the earliest
@@ -858,6 +1057,7 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
             for incoming in self.reading.values():
                 incoming.stop_deadline = now + gthread.STOP_KEEPALIVE_LINGER
                 self.schedule(incoming)
+            self.end_streams()
         while self.deadlines and self.deadlines[0][0] <= now:
             checked, _, item = heapq.heappop(self.deadlines)
             if item.finished:
@@ -866,6 +1066,8 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 item.next_check = float("inf")
             if item.deadline() > now:
                 self.schedule(item)
+            elif isinstance(item, Streaming):
+                self.stream_due(item, now)
             elif isinstance(item, Outgoing):
                 self.stop_sending(item)
                 self.nr_conns -= 1
@@ -952,6 +1154,8 @@ class RequestBufferingWorker(gthread.ThreadWorker):  # type: ignore[misc]
         for sock in list(self.lingering):
             self.lingering.pop(sock, None)
             util.close(sock)
+        for item in list(self.streams):
+            self.end_stream(item, graceful=False)
 
 
 def _unsupported(cfg: Any) -> str | None:
@@ -972,3 +1176,28 @@ def _app_body_limit(app: Any) -> int:
     config = getattr(app, "config", None)
     limit = config.get("MAX_CONTENT_LENGTH") if isinstance(config, dict) else None
     return int(limit) if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_BODY_BYTES
+
+
+_TOKEN_VALUES = re.compile(r"((?:^|[?&;])(?:access_token|token)=)[^&;\s\"]*", re.IGNORECASE)
+
+
+def redact_query(text: str) -> str:
+    """Return a request line or query string with token values shown as ``***``."""
+    return _TOKEN_VALUES.sub(r"\1***", text) if "token=" in text.lower() else text
+
+
+class RedactingLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, with token values in the query string hidden from the access log.
+
+    ``?access_token=`` carries the events routes' stream tokens (``web.stream_tokens``): a
+    token in a log line is a token anyone who reads the logs can use (``logger_class``
+    in gunicorn.conf.py).
+    """
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        """The access log's fields, the request line and query string redacted."""
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for name in ("r", "q"):
+            if isinstance(atoms.get(name), str):
+                atoms[name] = redact_query(atoms[name])
+        return atoms

@@ -51,6 +51,7 @@ from actors.pool import WorkerPool
 from actors.python_api import PythonApiClient
 from actors.scheduling import DurationEstimate, WaitingQueue, backoff_delay_s, estimate_wait_s
 from actors.settings import Settings
+from actors.snapshot import describe_job
 from actors.supabase_sink import CompanyResolver
 from actors.timers import Clock, TimerHandle, TimerService
 from actors.tracked import TrackedActor
@@ -623,7 +624,8 @@ class Dispatcher(TrackedActor):
             "draining": self.draining,
             "kinds": kinds,
             "running_jobs": [
-                {"job_id": job_id, "kind": e.job.kind.value, "worker": e.worker_id,
+                {"job_id": job_id, "kind": e.job.kind.value, **describe_job(e.job),
+                 "worker": e.worker_id,
                  "attempt": e.job.attempts, "age_s": round(now - e.started, 3),
                  "abandoned": e.abandoned or e.lease_lost, "call": e.call.phase}
                 for job_id, e in self.running.items()

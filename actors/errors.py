@@ -9,7 +9,8 @@ HTTP statuses in one table (``web/errors.py``)::
     │   ├── QueueFull            the kind's waiting queue is at its bound
     │   ├── MemoryPressure       memory is above QUEUE_MAX_MEMORY_MB
     │   ├── ShuttingDown         the system is draining or stopped
-    │   └── DuplicateJob         the same work is already queued or running
+    │   ├── DuplicateJob         the same work is already queued or running
+    │   └── IdempotencyKeyReused the Idempotency-Key was used with another request
     ├── JobNotFound              no such job (or not yours)
     ├── JobStateConflict         the job's state does not allow the operation
     ├── UnknownCompany           no such company in Supabase's companies table
@@ -23,12 +24,18 @@ HTTP statuses in one table (``web/errors.py``)::
     └── PermanentCallFailure     other 4xx, "processing failed" answers
 
     ResultStoreFailed            one Supabase request failed (data for the writer's retries)
+    IdempotencyKeyTaken          a store found the new job's key taken (store -> JobRegistry)
 
 ``CallFailed`` is not a ``QueueError``: it never leaves a worker as an
 exception; workers turn it into a ``JobFailed`` message.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.idempotency import KeyedJob
 
 
 class QueueError(Exception):
@@ -85,6 +92,23 @@ class DuplicateJob(SubmissionRefused):
     def __init__(self, existing_job_id: str, message: str | None = None) -> None:
         self.existing_job_id = existing_job_id
         super().__init__(message)
+
+
+class IdempotencyKeyReused(SubmissionRefused):
+    """This Idempotency-Key was used with another request; use a new key for a new request."""
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another submission (on any instance) stored a job under this Idempotency-Key first.
+
+    Raised by a store's ``add`` (nothing of the new job is stored); the JobRegistry
+    answers with ``found``, the job already made under the key (``None``: it was just
+    removed, and the submission may be tried again).
+    """
+
+    def __init__(self, found: KeyedJob | None) -> None:
+        super().__init__("the Idempotency-Key names a job already")
+        self.found = found
 
 
 class JobNotFound(QueueError):

@@ -22,7 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.idempotency import IdempotencyKey
 
 
 class JobKind(StrEnum):
@@ -134,6 +137,9 @@ class Job:
     """Arrival order, used for FIFO within a priority; kept across retries."""
     retry_delays_s: tuple[float, ...] = ()
     """The backoff actually scheduled before each retry, in order (the recorded schedule)."""
+    idempotency: IdempotencyKey | None = field(default=None, compare=False)
+    """A new job's ``Idempotency-Key``: stored beside the job, in the same transaction, by
+    ``store.add``; not part of the record (a job read back has ``None``)."""
 
     @property
     def company(self) -> str | None:

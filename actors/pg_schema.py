@@ -7,6 +7,9 @@ Tables and the claim function (all in the connection's ``current_schema()``)::
                       in SQL (state, attempts, lease, ...) and the full record as jsonb
     qudemo_pauses     global pauses per kind: (kind, reason, owner instance or '')
     qudemo_instances  heartbeats of the instances that hold leases
+    qudemo_idempotency_keys  a caller's Idempotency-Key -> the job it made, until it expires
+    qudemo_job_events one row per new job and per change of a job's state (triggers on
+                      qudemo_jobs); the source of the live event streams
     qudemo_claim()    the claim, one call and one round trip (pg_claims.py explains it)
 
 A job ``processing`` holds a slot of its kind while its lease is live or its
@@ -313,6 +316,62 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX qudemo_jobs_finished;
     CREATE INDEX qudemo_jobs_finished_order ON qudemo_jobs (finished_at, seq)
         WHERE state IN {FINISHED_SQL};
+    """,
+    # 5: Idempotency-Key: a caller's key names the job its first request made, until the
+    # key expires (actors/idempotency.py); inserted in the job's own transaction, so two
+    # instances taking one key make one job. A key goes with its job (retention).
+    """
+    CREATE TABLE qudemo_idempotency_keys (
+        scope text NOT NULL,
+        key text NOT NULL,
+        fingerprint text NOT NULL,
+        job_id text NOT NULL REFERENCES qudemo_jobs (id) ON DELETE CASCADE,
+        expires_at double precision NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE INDEX qudemo_idempotency_keys_expiry ON qudemo_idempotency_keys (expires_at);
+    CREATE INDEX qudemo_idempotency_keys_job ON qudemo_idempotency_keys (job_id);
+    """,
+    # 6: the event log (actors/events.py, pg_events.py): a new job and every change of its
+    # state, whatever statement makes it (insert, claim, finish, reap, cancel), appended
+    # by triggers in that statement's transaction; the columns of JOB_COLUMNS as of the
+    # change, so row_to_job reads an event as it reads a job. Deleted with the job.
+    """
+    CREATE TABLE qudemo_job_events (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id text NOT NULL REFERENCES qudemo_jobs (id) ON DELETE CASCADE,
+        owner text,
+        at double precision NOT NULL,
+        seq bigint NOT NULL,
+        state text NOT NULL,
+        priority smallint NOT NULL,
+        attempts integer NOT NULL,
+        created_at double precision NOT NULL,
+        started_at double precision,
+        finished_at double precision,
+        next_attempt_at double precision,
+        last_error text,
+        record jsonb NOT NULL
+    );
+    CREATE INDEX qudemo_job_events_job ON qudemo_job_events (job_id, id);
+    CREATE INDEX qudemo_job_events_owner ON qudemo_job_events (owner, id);
+    CREATE FUNCTION qudemo_job_event() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT
+    AS $event$
+    BEGIN
+        INSERT INTO qudemo_job_events (job_id, owner, at, seq, state, priority, attempts,
+            created_at, started_at, finished_at, next_attempt_at, last_error, record)
+        VALUES (NEW.id, NEW.owner, extract(epoch FROM clock_timestamp()), NEW.seq, NEW.state,
+            NEW.priority, NEW.attempts, NEW.created_at, NEW.started_at, NEW.finished_at,
+            NEW.next_attempt_at, NEW.last_error, NEW.record);
+        RETURN NULL;
+    END
+    $event$;
+    CREATE TRIGGER qudemo_jobs_event_added AFTER INSERT ON qudemo_jobs
+        FOR EACH ROW EXECUTE FUNCTION qudemo_job_event();
+    CREATE TRIGGER qudemo_jobs_event_changed AFTER UPDATE OF state ON qudemo_jobs
+        FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+        EXECUTE FUNCTION qudemo_job_event();
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

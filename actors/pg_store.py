@@ -29,9 +29,12 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from actors.errors import DuplicateJob
+from actors.errors import DuplicateJob, IdempotencyKeyTaken
+from actors.events import EventList
+from actors.idempotency import KeyedJob
 from actors.jobs import Job, JobKind, JobState
 from actors.pg_claims import CHANNEL, notify
+from actors.pg_events import EventHorizon, read_events
 from actors.pg_fence import LeaseKeeper, LeaseSet
 from actors.pg_queue import SharedQueue
 from actors.pg_schema import (
@@ -142,6 +145,7 @@ class PostgresJobStore(SharedQueue):
             "keepalives_count": 3, "tcp_user_timeout": 30000,
         }
         self._listeners = []
+        self._events = EventHorizon()  # events are read up to it: none is ever skipped
         try:
             with psycopg.connect(conninfo, autocommit=True, **self._connect_kwargs) as conn:
                 migrate(conn, self.where)
@@ -241,14 +245,47 @@ class PostgresJobStore(SharedQueue):
             statement = (f"WITH added AS ({_INSERT_SQL}, kind)"
                          " SELECT seq, pg_notify(%(channel)s, kind) FROM added")
         try:
-            with self._conn() as conn:
+            with self._tx() if job.idempotency is not None else self._conn() as conn:
                 row = conn.execute(statement, {**job_params(job), "channel": CHANNEL}).fetchone()
+                if job.idempotency is not None:
+                    self._claim_key(conn, job)
         except errors.UniqueViolation as exc:
             if job.dedupe_key is None or exc.diag.constraint_name != "qudemo_jobs_dedupe":
                 raise
             raise DuplicateJob(self._active_id(job.dedupe_key)) from None
         assert row is not None
         return job.replace(seq=int(row[0]))
+
+    def _claim_key(self, conn: psycopg.Connection[Any], job: Job) -> None:
+        """Store the new job's key in its transaction, or raise ``IdempotencyKeyTaken``.
+
+        After the job's row (the key refers to it). A key another instance is storing at
+        the same moment makes this wait for that transaction; once it commits, the key is
+        live and taken here too: one job per key, however many instances.
+        """
+        claim = job.idempotency
+        assert claim is not None
+        row = conn.execute(_CLAIM_KEY_SQL, {
+            "scope": claim.scope, "key": claim.key, "fingerprint": claim.fingerprint,
+            "id": job.id, "expires_at": claim.expires_at, "created_at": job.created_at,
+        }).fetchone()
+        if row is None:  # rolled back by the caller's transaction
+            raise IdempotencyKeyTaken(_keyed_job(conn, claim.scope, claim.key,
+                                                 now=job.created_at))
+
+    def keyed_job(self, scope: str, key: str, *, now: float) -> KeyedJob | None:
+        """Return the job under a key live at ``now``, or ``None`` (one query)."""
+        with self._conn() as conn:
+            return _keyed_job(conn, scope, key, now=now)
+
+    def prune_idempotency_keys(self, *, expired_at: float, limit: int) -> int:
+        """Delete at most ``limit`` keys expired by ``expired_at``; return how many.
+
+        Rows another instance is deleting are skipped, not waited for.
+        """
+        with self._conn() as conn:
+            cursor = conn.execute(_PRUNE_KEYS_SQL, {"now": expired_at, "limit": max(0, limit)})
+            return max(0, cursor.rowcount)
 
     def add_many(self, jobs: Iterable[Job]) -> int:
         """Insert many new jobs in one transaction (imports, benchmarks); return how many.
@@ -368,6 +405,23 @@ class PostgresJobStore(SharedQueue):
             conn.execute("DELETE FROM qudemo_instances WHERE expires_at < %s",
                          (self._clock() - 3600.0,))
 
+    # --- the event log (any thread; pooled connections, never the registry's) -----------
+
+    def events_after(self, after_id: int, *, job_id: str | None = None,
+                     owner: str | None = None, limit: int = 500) -> EventList:
+        """Return events after ``after_id`` up to the safe horizon, oldest first (pg_events)."""
+        with self._conn() as conn:
+            upto = self._events.advance(conn)
+            return read_events(conn, after_id, upto, job_id=job_id, owner=owner, limit=limit)
+
+    def last_event_id(self) -> int:
+        """Return the horizon: every event up to it is readable, none below can still come."""
+        with self._conn() as conn:
+            return self._events.advance(conn)
+
+    def watch_events(self, callback: Callable[[], None]) -> None:
+        """Nothing to do: every instance's events are found by polling the shared log."""
+
     def describe(self) -> dict[str, object]:
         """Describe this store (the password is never shown)."""
         stats = self._pool.get_stats()
@@ -401,6 +455,32 @@ The advisory lock is only tried (one instance prunes at a time, nobody waits);
 job retried is no longer finished, and stays), ``SKIP LOCKED`` passes rows
 being written instead of waiting for them.
 """
+
+
+_CLAIM_KEY_SQL = (
+    "INSERT INTO qudemo_idempotency_keys AS k (scope, key, fingerprint, job_id, expires_at)"
+    " VALUES (%(scope)s, %(key)s, %(fingerprint)s, %(id)s, %(expires_at)s)"
+    " ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+    " job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at"
+    " WHERE k.expires_at <= %(created_at)s RETURNING k.job_id"
+)
+"""Take a key, or take over an expired one; no row: the key is live (its job retained: a
+key is deleted with its job)."""
+_PRUNE_KEYS_SQL = (
+    "WITH doomed AS (SELECT scope, key FROM qudemo_idempotency_keys"
+    " WHERE expires_at <= %(now)s ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " DELETE FROM qudemo_idempotency_keys k USING doomed"
+    " WHERE k.scope = doomed.scope AND k.key = doomed.key"
+)
+
+
+def _keyed_job(conn: psycopg.Connection[Any], scope: str, key: str, *, now: float
+               ) -> KeyedJob | None:
+    row = conn.execute(f"SELECT k.fingerprint, {JOB_COLUMNS} FROM qudemo_idempotency_keys k"
+                       " JOIN qudemo_jobs ON qudemo_jobs.id = k.job_id"
+                       " WHERE k.scope = %s AND k.key = %s AND k.expires_at > %s",
+                       (scope, key, now)).fetchone()
+    return None if row is None else KeyedJob(str(row[0]), row_to_job(row[1:]))
 
 
 def _delete_oldest(conn: psycopg.Connection[Any], count: int | None,

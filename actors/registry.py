@@ -31,6 +31,8 @@ import pykka
 
 from actors.errors import (
     DuplicateJob,
+    IdempotencyKeyReused,
+    IdempotencyKeyTaken,
     JobNotFound,
     JobStateConflict,
     MemoryPressure,
@@ -39,6 +41,7 @@ from actors.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
+from actors.idempotency import Replayed
 from actors.jobs import FINISHED_STATES, WAITING_STATES, Job, JobKind, JobState, is_legal
 from actors.logs import job_fields
 from actors.messages import (
@@ -138,7 +141,7 @@ class JobRegistry(TrackedActor):
             case AddJob(job=job, reply=reply, ticket=ticket):
                 if ticket is not None and not ticket.start_storing():
                     return None  # its submitter gave up: nothing is stored, as it was told
-                answer = self._add(job, reply)
+                answer = self._add_once(job, reply)
                 if ticket is not None and not isinstance(answer, QueueError):
                     ticket.stored.set()
                 if reply is None:
@@ -175,6 +178,42 @@ class JobRegistry(TrackedActor):
             case _:
                 return super().on_receive(message)
         return None
+
+    # --- idempotency ---------------------------------------------------------------
+
+    def _add_once(self, job: Job, reply: pykka.Future[Any] | None) -> Any:
+        """``_add``, unless the job's Idempotency-Key names a job already: then that one.
+
+        The lookup and the add are one step of this actor (the stores' only writer), and
+        the key is stored in the job's own transaction; a store shared with other instances
+        refuses a key one of them stored meanwhile (``IdempotencyKeyTaken``).
+        """
+        claim = job.idempotency
+        if claim is None:
+            return self._add(job, reply)
+        found = self.store.keyed_job(claim.scope, claim.key, now=job.created_at)
+        if found is None:
+            try:
+                return self._add(job, reply)
+            except IdempotencyKeyTaken as taken:
+                if taken.found is None:  # its job was removed meanwhile: nothing to replay
+                    return StoreUnavailable("the Idempotency-Key was just released; try again")
+                found = taken.found
+        if found.fingerprint != claim.fingerprint:
+            return IdempotencyKeyReused()
+        replayed = Replayed(self.parked.get(found.job.id, found.job))
+        if reply is not None:
+            reply.set(replayed)
+        logger.info("job %s: submission replayed (same Idempotency-Key and request)",
+                    found.job.id, extra=job_fields(found.job.id, found.job.kind, "replayed",
+                                                   found.job.attempts))
+        return replayed
+
+    def _prune_keys(self) -> bool:
+        """Remove one batch of expired Idempotency-Keys; return whether more remain."""
+        removed = self.store.prune_idempotency_keys(expired_at=self.clock.time(),
+                                                    limit=self.PRUNE_BATCH)
+        return removed >= self.PRUNE_BATCH
 
     # --- admission -----------------------------------------------------------------
 
@@ -405,6 +444,7 @@ class JobRegistry(TrackedActor):
         try:
             more = self._prune(finished_before=self.clock.time() - self.settings.retention_s,
                                reason="retention age")
+            more = self._prune_keys() or more
             cap = self.settings.retention_max_jobs
             if self.finished_total() > cap:
                 low = -(-cap * self.RETENTION_LOW_WATER_PERCENT // 100)  # rounded up

@@ -232,6 +232,8 @@ class Settings:
     """How long an open breaker keeps work away; doubles on each failed probe (up to 16x)."""
     retention_s: float = 86400.0
     retention_max_jobs: int = 10000
+    idempotency_retention_s: float = 86400.0
+    """How long an ``Idempotency-Key`` is remembered after its job was made."""
     drain_timeout_s: float = 30.0
     worker_max_restarts: int = 5
     worker_restart_window_s: float = 60.0
@@ -383,6 +385,7 @@ class Settings:
             retention_s=env.ms_as_s("QUEUE_RETENTION_MS", 86400000),
             retention_max_jobs=num("QUEUE_RETENTION_MAX_JOBS", d.retention_max_jobs,
                                    allow_zero=False),
+            idempotency_retention_s=env.ms_as_s("QUEUE_IDEMPOTENCY_RETENTION_MS", 86400000),
             drain_timeout_s=env.ms_as_s("QUEUE_DRAIN_TIMEOUT_MS", 30000, allow_zero=True),
             worker_max_restarts=num("WORKER_MAX_RESTARTS", 5),
             worker_restart_window_s=env.ms_as_s("WORKER_RESTART_WINDOW_MS", 60000),

@@ -4,15 +4,23 @@
 MemoryWatchdog to ``Inspect`` themselves and hands the answers here. The shape
 is what the REPL, ``/health``, ``/api/queue/status``, the metrics and the
 dashboard read.
+
+A running job is described by what it is (``describe_job``: company, owner, a one-line
+summary) without its whole data: the snapshot is built often and kept small, and a
+job's data may hold more than an operator needs to see.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from actors.jobs import JobKind
+from actors.jobs import Job, JobKind
 from actors.redact import redact_url
 from actors.settings import Settings
+
+SUMMARY_CHARS = 60
+"""How much of a question a summary keeps, before its ellipsis."""
+ELLIPSIS = "\u2026"
 
 
 def assemble_snapshot(
@@ -79,6 +87,36 @@ def assemble_snapshot(
         "timers_pending": timers_pending,
         "actors": actors + workers,
     }
+
+
+def describe_job(job: Job) -> dict[str, str | None]:
+    """Return what ``job`` is, for operators: its company, its owner and a one-line summary.
+
+    The summary of a video is its canonical URL (``data.video_url``, redacted as every URL
+    shown is); of a question, its first words (``first_words``).
+    """
+    company = job.data.get("company_name")
+    if job.kind is JobKind.VIDEO:
+        url = job.data.get("video_url")
+        summary = redact_url(url) if isinstance(url, str) and url else None
+    else:
+        question = job.data.get("question")
+        summary = first_words(question) if isinstance(question, str) and question else None
+    return {"company": company if isinstance(company, str) else None,
+            "owner": job.owner, "summary": summary}
+
+
+def first_words(text: str, limit: int = SUMMARY_CHARS) -> str:
+    """Return ``text`` on one line, cut to at most ``limit`` characters on a word boundary.
+
+    A cut text ends in an ellipsis; a single word longer than ``limit`` is cut inside it.
+    """
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    head = line[:limit + 1]  # one more: a space just past the limit ends a whole word
+    cut = head.rpartition(" ")[0] or line[:limit]
+    return (cut.rstrip(" ,;:.-") or cut) + ELLIPSIS
 
 
 def _instances(routing: list[dict[str, Any]], readings: Any) -> list[dict[str, Any]]:

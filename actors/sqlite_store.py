@@ -13,6 +13,13 @@ every tenth of the retention age, 1 s to a minute) and at close, so the files do
 not grow without bound. Retention deletes in batches, oldest finish first, each
 a range of one index.
 
+Events (schema 4): triggers on ``jobs`` append to ``job_events`` in the statement that
+adds a job or changes its state (one transaction, nothing to forget), and delete a job's
+events with it. The ids are ``AUTOINCREMENT``: never reused, even after the newest
+events were pruned. The one writer commits in id order, so the newest id is the
+horizon. Events are read on a second, read-only connection (WAL: readers never wait
+for the writer, nor it for them), shared by the reading threads under a lock.
+
 Schema: versioned with ``PRAGMA user_version`` and migrated at open. A file
 that is not a database, or whose schema is newer than this program knows,
 stops the start with a clear message and is never written to.
@@ -31,14 +38,17 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from actors.errors import StoreUnavailable
+from actors.errors import IdempotencyKeyTaken, StoreUnavailable
+from actors.events import EventList, JobEvent
+from actors.idempotency import KeyedJob
 from actors.jobs import ACTIVE_STATES, Job, JobKind, JobState, dumps
 from actors.store import JobList, StateCounts
 
@@ -72,8 +82,56 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_finished_order ON jobs (finished_at, seq)
         WHERE state IN ('completed', 'failed', 'cancelled');
     """,
+    # 3: Idempotency-Key: a caller's key names the job its first request made, until the
+    # key expires (actors/idempotency.py); written in the job's own transaction.
+    """
+    CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+    """,
+    # 4: the event log (actors/events.py): a new job and every change of its state, written
+    # by triggers in the same statement as the job, deleted with it. (Keep this last.)
+    """
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        owner TEXT,
+        at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX job_events_job ON job_events (job_id, id);
+    CREATE INDEX job_events_owner ON job_events (owner, id);
+    CREATE TRIGGER job_events_added AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_events (job_id, owner, at, record)
+        VALUES (NEW.id, NEW.owner, (julianday('now') - 2440587.5) * 86400.0, NEW.record);
+    END;
+    CREATE TRIGGER job_events_changed AFTER UPDATE OF state ON jobs
+        WHEN OLD.state IS NOT NEW.state BEGIN
+        INSERT INTO job_events (job_id, owner, at, record)
+        VALUES (NEW.id, NEW.owner, (julianday('now') - 2440587.5) * 86400.0, NEW.record);
+    END;
+    CREATE TRIGGER job_events_removed AFTER DELETE ON jobs BEGIN
+        DELETE FROM job_events WHERE job_id = OLD.id;
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, expires_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET"
+    " fingerprint = excluded.fingerprint, job_id = excluded.job_id,"
+    " expires_at = excluded.expires_at"
+    " WHERE idempotency_keys.expires_at <= ?"
+    " OR NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = idempotency_keys.job_id)"
+    " RETURNING job_id"
+)
+"""Take a key, or take over one that expired or whose job is gone; no row: the key is live."""
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _FINISHED_WHERE = "state IN ('completed', 'failed', 'cancelled')"
 """Finished jobs, as literals: SQLite uses a partial index only for its own WHERE term."""
@@ -84,6 +142,21 @@ _OLDEST_FINISHED = ("SELECT id FROM jobs INDEXED BY jobs_finished_order"
 
 def _marks(values: tuple[str, ...] | list[str]) -> str:
     return ",".join("?" * len(values))
+
+
+_Rows = list[tuple[Any, ...]]
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a trigger's body keeps its own semicolons."""
+    found, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                found.append(pending)
+            pending = ""
+    return found
 
 
 @dataclass(frozen=True)
@@ -133,6 +206,9 @@ class SqliteJobStore:
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self._lock_file: IO[str] | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._watchers: list[Callable[[], None]] = []
         self._take_lock()
         try:
             self._db = self._open(synchronous)
@@ -225,9 +301,8 @@ class SqliteJobStore:
         for number in range(version + 1, SCHEMA_VERSION + 1):
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {number}")
                 self._db.execute("COMMIT")
             except BaseException:
@@ -238,7 +313,48 @@ class SqliteJobStore:
     # --- jobs ----------------------------------------------------------------------
 
     def add(self, job: Job) -> None:
-        """Insert a new job (committed before this returns)."""
+        """Insert a new job (committed before this returns), with its idempotency key if any.
+
+        Raises:
+            IdempotencyKeyTaken: the key is live and names another job (nothing stored).
+        """
+        claim = job.idempotency
+        if claim is None:
+            self._insert(job)
+            self._changed()
+            return
+        # A savepoint, not BEGIN: the key and the job commit together, or neither does.
+        self._db.execute("SAVEPOINT add_keyed")
+        try:
+            if self._db.execute(_CLAIM_KEY, (claim.scope, claim.key, claim.fingerprint, job.id,
+                                             claim.expires_at, job.created_at)).fetchone() is None:
+                raise IdempotencyKeyTaken(self.keyed_job(claim.scope, claim.key,
+                                                         now=job.created_at))
+            self._insert(job)
+        except BaseException:
+            self._db.execute("ROLLBACK TO add_keyed")
+            self._db.execute("RELEASE add_keyed")
+            raise
+        self._db.execute("RELEASE add_keyed")
+        self._changed()  # committed: the event feed may read it now
+
+    def keyed_job(self, scope: str, key: str, *, now: float) -> KeyedJob | None:
+        """Return the job under a key live at ``now`` whose job is still stored, or ``None``."""
+        row = self._db.execute(
+            "SELECT k.fingerprint, j.record FROM idempotency_keys k JOIN jobs j"
+            " ON j.id = k.job_id WHERE k.scope = ? AND k.key = ? AND k.expires_at > ?",
+            (scope, key, now)).fetchone()
+        return None if row is None else KeyedJob(row[0], Job.from_dict(json.loads(row[1])))
+
+    def prune_idempotency_keys(self, *, expired_at: float, limit: int) -> int:
+        """Delete at most ``limit`` keys expired by ``expired_at``, oldest first (one index)."""
+        rows = self._db.execute(
+            "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys"
+            " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?) RETURNING 1",
+            (expired_at, max(0, limit))).fetchall()
+        return len(rows)
+
+    def _insert(self, job: Job) -> None:
         self._db.execute(
             "INSERT INTO jobs (id, kind, state, owner, seq, created_at, finished_at, record)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -252,6 +368,11 @@ class SqliteJobStore:
             "UPDATE jobs SET state = ?, finished_at = ?, record = ? WHERE id = ?",
             (job.state.value, job.finished_at, dumps(job), job.id),
         )
+        self._changed()
+
+    def _changed(self) -> None:
+        for watcher in self._watchers:
+            watcher()
 
     def get(self, job_id: str) -> Job | None:
         """Return one job, or ``None``."""
@@ -360,8 +481,47 @@ class SqliteJobStore:
         """Describe this store."""
         return {"kind": "sqlite", "path": str(self.path), "schema_version": SCHEMA_VERSION}
 
+    # --- the event log (any thread) -------------------------------------------------
+
+    def events_after(self, after_id: int, *, job_id: str | None = None,
+                     owner: str | None = None, limit: int = 500) -> EventList:
+        """Return events after ``after_id``, oldest first, on the read connection."""
+        sql = "SELECT id, at, record FROM job_events WHERE id > ?"
+        args: list[object] = [after_id]
+        for column, value in (("job_id", job_id), ("owner", owner)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        rows = self._read(sql + " ORDER BY id LIMIT ?", (*args, max(0, limit)))
+        return [JobEvent(id=int(i), job=Job.from_dict(json.loads(r)), at=float(at))
+                for i, at, r in rows]
+
+    def last_event_id(self) -> int:
+        """Return the newest event id ever given (sqlite_sequence: pruning never lowers it)."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'job_events'", ())
+        return int(rows[0][0]) if rows else 0
+
+    def watch_events(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the registry's thread) after each write."""
+        self._watchers.append(callback)
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> _Rows:
+        with self._read_lock:
+            if self._reader is None:
+                if self._lock_file is None:
+                    raise StoreUnavailable(f"the job store {self.path} is closed")
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                self._reader = sqlite3.connect(uri, uri=True, check_same_thread=False,
+                                               isolation_level=None)
+                self._reader.execute("PRAGMA busy_timeout = 5000")
+            return self._reader.execute(sql, args).fetchall()
+
     def close(self) -> None:
         """Checkpoint, close the database and release the ownership lock."""
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         try:
             self.maintain()
             self._db.close()

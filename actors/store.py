@@ -1,18 +1,31 @@
 """Job storage behind the JobRegistry: an interface about jobs, and the in-memory store.
 
-The registry is the only caller, from its own thread. A store keeps finished
+The registry is the only writer, from its own thread. A store keeps finished
 jobs for retention and removes them on request; it never decides state
 transitions (that is the registry's job). ``SqliteJobStore`` (sqlite_store.py)
 is the durable implementation; a shared PostgreSQL store implements the same
 protocol.
+
+Every store also keeps the **event log** of its jobs (``actors.events``): one
+event per new job and per change of a job's state, written in the same
+transaction as the job, removed with the job. The event methods
+(``events_after``, ``last_event_id``, ``watch_events``) are the only ones
+called from other threads (the live streams' ``EventFeed`` and request
+threads); they never wait for the registry's writes.
 """
 
 from __future__ import annotations
 
+import bisect
+import threading
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from actors.errors import IdempotencyKeyTaken
+from actors.events import EventList, JobEvent
+from actors.idempotency import KeyedJob
 from actors.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobKind, JobState
 
 if TYPE_CHECKING:
@@ -47,7 +60,21 @@ class JobStore(Protocol):
     """Whether other processes use the same jobs (then it is also a ``SharedQueue``)."""
 
     def add(self, job: Job) -> None:
-        """Store a new job; when this returns, the job is as durable as the store is."""
+        """Store a new job; when this returns, the job is as durable as the store is.
+
+        A job with an ``idempotency`` key is stored with its key, in one transaction.
+
+        Raises:
+            IdempotencyKeyTaken: the key is live and names another job (nothing stored).
+        """
+        ...
+
+    def keyed_job(self, scope: str, key: str, *, now: float) -> KeyedJob | None:
+        """Return the job stored under a key live at ``now`` (and still retained), or ``None``."""
+        ...
+
+    def prune_idempotency_keys(self, *, expired_at: float, limit: int) -> int:
+        """Remove at most ``limit`` keys that expired by ``expired_at``; return how many."""
         ...
 
     def update(self, job: Job) -> None:
@@ -118,6 +145,33 @@ class JobStore(Protocol):
         """Release resources."""
         ...
 
+    # --- the event log: safe from any thread ----------------------------------------
+
+    def events_after(self, after_id: int, *, job_id: str | None = None,
+                     owner: str | None = None, limit: int = 500) -> EventList:
+        """Return events with an id above ``after_id``, oldest first, at most ``limit``.
+
+        Optionally only one job's, or one owner's. Only events up to ``last_event_id()``
+        are returned: an event with a smaller id can never appear after this answer
+        (so a reader that goes on from the last id it got misses nothing). Callable
+        from any thread; never waits for the registry's writes.
+        """
+        ...
+
+    def last_event_id(self) -> int:
+        """Return the horizon: every event up to this id is readable, none below will come.
+
+        Monotonic; 0 before the first event. Callable from any thread.
+        """
+        ...
+
+    def watch_events(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each change this process writes (cheap, must not block).
+
+        Changes other processes write (the shared store) are found by polling.
+        """
+        ...
+
 
 class MemoryJobStore:
     """Jobs in a dict: fast, and gone when the process ends (``QUEUE_STORE=memory``)."""
@@ -127,17 +181,50 @@ class MemoryJobStore:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()  # id -> finished_at, in order
+        # (scope, key) -> (fingerprint, job id, expires_at), in expiry order (one retention)
+        self._keys: OrderedDict[tuple[str, str], tuple[str, str, float]] = OrderedDict()
+        self._events = _MemoryEventLog()
 
     def __repr__(self) -> str:
         return f"<MemoryJobStore jobs={len(self._jobs)}>"
 
     def add(self, job: Job) -> None:
-        """Store a new job."""
+        """Store a new job (and its idempotency key)."""
+        claim = job.idempotency
+        if claim is not None:
+            found = self.keyed_job(claim.scope, claim.key, now=job.created_at)
+            if found is not None:
+                raise IdempotencyKeyTaken(found)
+            where = (claim.scope, claim.key)
+            self._keys[where] = (claim.fingerprint, job.id, claim.expires_at)
+            self._keys.move_to_end(where)  # a key taken over expires after the others
         self._jobs[job.id] = job
+        self._events.append(job)
+
+    def keyed_job(self, scope: str, key: str, *, now: float) -> KeyedJob | None:
+        """Return the job under a live key whose job is still here, or ``None``."""
+        entry = self._keys.get((scope, key))
+        if entry is None or entry[2] <= now or entry[1] not in self._jobs:
+            return None
+        return KeyedJob(entry[0], self._jobs[entry[1]])
+
+    def prune_idempotency_keys(self, *, expired_at: float, limit: int) -> int:
+        """Remove the oldest keys that expired by ``expired_at``, at most ``limit``."""
+        removed = 0
+        while self._keys and removed < limit:
+            where, (_, _, expires_at) = next(iter(self._keys.items()))
+            if expires_at > expired_at:
+                break
+            del self._keys[where]
+            removed += 1
+        return removed
 
     def update(self, job: Job) -> None:
-        """Replace a stored job."""
+        """Replace a stored job (with an event when its state changed)."""
+        old = self._jobs.get(job.id)
         self._jobs[job.id] = job
+        if old is None or old.state != job.state:
+            self._events.append(job)
         if job.state in FINISHED_STATES:
             self._finished[job.id] = job.finished_at or 0.0
         else:
@@ -202,13 +289,15 @@ class MemoryJobStore:
             del self._finished[job_id]
             job = self._jobs.pop(job_id)
             removed[job.kind, job.state] += 1
+            self._events.forget(job_id)
         return removed
 
     def remove(self, job_ids: Iterable[str]) -> None:
-        """Delete jobs."""
+        """Delete jobs (and their events)."""
         for job_id in job_ids:
             self._jobs.pop(job_id, None)
             self._finished.pop(job_id, None)
+            self._events.forget(job_id)
 
     def maintain(self) -> None:
         """Nothing to compact."""
@@ -219,3 +308,70 @@ class MemoryJobStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def events_after(self, after_id: int, *, job_id: str | None = None,
+                     owner: str | None = None, limit: int = 500) -> EventList:
+        """Return events after ``after_id``, oldest first (from any thread)."""
+        return self._events.after(after_id, job_id=job_id, owner=owner, limit=limit)
+
+    def last_event_id(self) -> int:
+        """Return the id of the newest event."""
+        return self._events.last_id
+
+    def watch_events(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each new event."""
+        self._events.watchers.append(callback)
+
+
+class _MemoryEventLog:
+    """The memory store's event log: appended by the registry, read by any thread.
+
+    Events of removed jobs are dropped lazily: skipped when read, and compacted away
+    once they are half of the log, so a removal costs no scan.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[JobEvent] = []
+        self._ids: list[int] = []  # the events' ids, for bisect
+        self._per_job: Counter[str] = Counter()
+        self._gone: set[str] = set()
+        self._dead = 0
+        self.last_id = 0
+        self.watchers: list[Callable[[], None]] = []
+
+    def append(self, job: Job) -> None:
+        with self._lock:
+            self.last_id += 1
+            self._events.append(JobEvent(id=self.last_id, job=job, at=time.time()))
+            self._ids.append(self.last_id)
+            self._per_job[job.id] += 1
+        for watcher in self.watchers:
+            watcher()
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            count = self._per_job.pop(job_id, 0)
+            if not count:
+                return
+            self._gone.add(job_id)
+            self._dead += count
+            if self._dead * 2 > len(self._events):
+                kept = [e for e in self._events if e.job.id not in self._gone]
+                self._events, self._ids = kept, [e.id for e in kept]
+                self._gone.clear()
+                self._dead = 0
+
+    def after(self, after_id: int, *, job_id: str | None, owner: str | None,
+              limit: int) -> EventList:
+        found: EventList = []
+        with self._lock:
+            for event in self._events[bisect.bisect_right(self._ids, after_id):]:
+                job = event.job
+                if job.id in self._gone or (job_id is not None and job.id != job_id) or (
+                        owner is not None and job.owner != owner):
+                    continue
+                found.append(event)
+                if len(found) >= limit:
+                    break
+        return found

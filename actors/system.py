@@ -13,6 +13,7 @@ are ``ask``s with a timeout, asked from the caller's thread, never from an actor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -34,6 +35,7 @@ from actors.errors import (
     SettingsError,
     ShuttingDown,
 )
+from actors.idempotency import IdempotencyKey, Replayed
 from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, freeze, new_job_id
 from actors.messages import (
     AddJob,
@@ -90,6 +92,8 @@ class Submission:
     job: Job
     queue_position: int
     estimated_wait_s: float
+    replayed: bool = False
+    """True when the submission's Idempotency-Key named this job already: nothing new made."""
 
 
 class JobSystem:
@@ -318,11 +322,17 @@ class JobSystem:
         owner: str | None = None,
         priority: int | None = None,
         dedupe_key: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> Submission:
         """Accept a job; when this returns, the job is stored and queued.
 
+        With ``idempotency``, a key its caller used before (within
+        ``idempotency_retention_s``) for the same request makes no job: the submission
+        answers that key's job, ``replayed``.
+
         Raises:
             QueueFull, MemoryPressure, ShuttingDown, DuplicateJob: the job was refused.
+            IdempotencyKeyReused: the key was used with another request.
             ValueError: the priority is outside 1..3.
         """
         kind = JobKind(kind)
@@ -337,6 +347,9 @@ class JobSystem:
             max_attempts=self.settings.retry_attempts, created_at=self.clock.time(),
             dedupe_key=dedupe_key,
         )
+        if idempotency is not None:
+            job = job.replace(idempotency=dataclasses.replace(
+                idempotency, expires_at=job.created_at + self.settings.idempotency_retention_s))
         # One round trip: the registry stores it, the Dispatcher answers where it stands.
         reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         ticket = SubmitTicket()
@@ -351,6 +364,8 @@ class JobSystem:
             answer = self._late_answer(job, reply, ticket)
         if isinstance(answer, QueueError):
             raise answer
+        if isinstance(answer, Replayed):
+            return dataclasses.replace(self._submission(answer.job), replayed=True)
         stored, where = answer
         return _submission(stored, where)
 

@@ -8,7 +8,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from actors import JobSystem
-from tests.standin import PythonApiStandIn, Reply
+from actors.snapshot import SUMMARY_CHARS, first_words
+from tests.standin import DEMO_VIDEO_URL, PythonApiStandIn, Reply
 from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job
 from web.dashboard import FILES, STATIC
 from web.security import DASHBOARD_CSP
@@ -81,6 +82,45 @@ def test_data_shows_running_jobs_and_failures(client: FlaskClient,
     assert failure["id"] == failed.json["data"]["jobId"]
     assert "unknown company" in failure["lastError"] and failure["failedAt"]
     assert data["queues"]["video"]["activeJobs"] == 1 and data["queues"]["qa"]["failed"] == 1
+
+
+LONG_QUESTION = ("Which of the plans fits a team of five people working remotely across "
+                 "three time zones?")
+
+
+def test_data_says_what_each_job_is(client: FlaskClient, standin: PythonApiStandIn) -> None:
+    alice, bob = bearer("alice"), bearer("bob")
+    standin.script("ask-question", Reply(status=400, body={"detail": "unknown company"}))
+    failed = client.post("/api/interactions/i-1/questions", headers=alice,
+                         json={"question": LONG_QUESTION, "companyName": "Acme Corp"})
+    wait_job(client, failed.headers["Location"], standin, headers=ADMIN)
+    standin.hold("process-video")
+    try:  # a URL that is not the canonical one: the job keeps (and shows) the canonical one
+        running = client.post("/api/video/process", headers=bob, json={
+            "video_url": "https://youtu.be/dQw4w9WgXcQ?t=42", "company_name": "initech"})
+        assert running.status_code == 202, running.json
+        assert standin.wait_in_flight("process-video", 1)
+        data = client.get("/api/queue/dashboard", headers=ADMIN).json["data"]
+    finally:
+        standin.release("process-video")
+    wait_job(client, running.headers["Location"], standin, headers=ADMIN)
+    (job,) = data["running"]
+    assert job["type"] == "video" and job["company"] == "initech" and job["owner"] == "bob"
+    assert job["summary"] == DEMO_VIDEO_URL
+    (failure,) = data["failures"]
+    assert failure["type"] == "qa" and failure["company"] == "Acme Corp"
+    assert failure["owner"] == "alice"
+    assert failure["summary"] == "Which of the plans fits a team of five people working\u2026"
+    assert len(failure["summary"]) <= SUMMARY_CHARS + 1
+
+
+def test_a_question_is_summed_up_in_its_first_words() -> None:
+    assert first_words("  What is\nit?  ") == "What is it?"
+    exact = "x" * (SUMMARY_CHARS - 3) + " yz"
+    assert first_words(exact) == exact  # at the limit: whole
+    assert first_words(exact + " more") == exact + "\u2026"  # a space just past the limit
+    assert first_words("one, two, three", limit=9) == "one, two\u2026"  # no dangling comma
+    assert first_words("x" * 100, limit=10) == "x" * 10 + "\u2026"  # one long word: cut inside
 
 
 def test_dashboard_is_exempt_from_the_rate_limit(job_system: JobSystem) -> None:

@@ -81,46 +81,86 @@ def server(standin: PythonApiStandIn, tmp_path: Path) -> Iterator[GunicornServer
     gunicorn.stop()
 
 
-def test_dashboard_shows_the_queues_live_and_pauses_dispatch(
-        driver: Any, server: GunicornServer, standin: PythonApiStandIn) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+class Page:
+    """The dashboard in the browser: bounded waits on what it shows, and the API beside it."""
 
-    def until(condition: Callable[[], Any], what: str) -> Any:
+    def __init__(self, driver: Any, server: GunicornServer) -> None:
+        self.driver = driver
+        self.server = server
+        self.headers = {"Authorization": f"Bearer {ADMIN}"}
+
+    def until(self, condition: Callable[[], Any], what: str) -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
         # The page redraws its rows on every refresh: an element found a moment ago may be
         # gone when it is read, so a stale reference means "look again".
-        wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+        wait = WebDriverWait(self.driver, WAIT_S,
+                             ignored_exceptions=(StaleElementReferenceException,))
         return wait.until(lambda _: condition(), message=what)
 
-    def text(element_id: str) -> str:
-        return str(driver.find_element(By.ID, element_id).text)
+    def find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
 
-    def shows(element_id: str, expected: str) -> None:
-        until(lambda: text(element_id) == expected, f"#{element_id} == {expected!r}")
+        return self.driver.find_element(By.CSS_SELECTOR, css)
 
-    headers = {"Authorization": f"Bearer {ADMIN}"}
+    def absent(self, css: str) -> bool:
+        from selenium.webdriver.common.by import By
 
-    def submit(path: str, body: dict[str, Any]) -> str:
-        reply = server.request("POST", path, json=body, headers=headers)
+        return not self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def text(self, element_id: str) -> str:
+        return str(self.find(f"#{element_id}").text)
+
+    def shows(self, element_id: str, expected: str) -> None:
+        self.until(lambda: self.text(element_id) == expected, f"#{element_id} == {expected!r}")
+
+    def sign_in(self, path: str = "/dashboard?refresh=0.3") -> None:
+        """Open the page; authentication is on, so it asks for the admin token first."""
+        self.driver.get(self.server.url + path)
+        self.until(lambda: self.find("#token-form").is_displayed(), "token form shown")
+        self.driver.get_log("browser")  # drop what an earlier page (and server) logged
+        self.find("#token-input").send_keys(ADMIN)
+        self.find("#token-save").click()
+        self.shows("system-state", "accepting jobs")
+
+    def submit(self, path: str, body: dict[str, Any], user: str | None = None) -> str:
+        headers = self.headers if user is None else {"Authorization": f"Bearer {token(user)}"}
+        reply = self.server.request("POST", path, json=body, headers=headers)
         assert reply.status_code == 202, reply.text
         return str(reply.json()["data"]["jobId"])
 
-    def video(name: str) -> str:
-        return submit("/api/video/process", {
-            "video_url": youtube_url(name), "company_name": "acme"})
+    def video(self, name: str, user: str | None = None) -> str:
+        return self.submit("/api/video/process", {
+            "video_url": youtube_url(name), "company_name": "acme"}, user)
 
-    def question(text: str) -> str:
-        return submit("/api/interactions/demo-1/questions",
-                      {"question": text, "companyName": "acme"})
+    def question(self, text: str, user: str | None = None, company: str = "acme") -> str:
+        return self.submit("/api/interactions/demo-1/questions",
+                           {"question": text, "companyName": company}, user)
+
+    def no_problems(self, *expected: str) -> None:
+        """Nothing was refused by the page's Content-Security-Policy, nothing failed to load.
+
+        The page's first 401 (before the token) is expected, and so is each of ``expected``.
+        """
+        problems = [entry["message"] for entry in self.driver.get_log("browser")
+                    if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]]
+        allowed = ("401", *expected)
+        assert not [p for p in problems if not any(a in p for a in allowed)], problems
+
+
+def test_dashboard_shows_the_queues_live_and_pauses_dispatch(
+        driver: Any, server: GunicornServer, standin: PythonApiStandIn) -> None:
+    from selenium.webdriver.common.by import By
+
+    page = Page(driver, server)
+    until, text, shows = page.until, page.text, page.shows
+    headers = page.headers
+    video, question = page.video, page.question
 
     # Authentication is on: the page asks for an admin token, then shows the data.
-    driver.get(server.url + "/dashboard?refresh=0.3")
-    until(lambda: driver.find_element(By.ID, "token-form").is_displayed(), "token form shown")
-    driver.find_element(By.ID, "token-input").send_keys(ADMIN)
-    driver.find_element(By.ID, "token-save").click()
+    page.sign_in()
     shows("qa-completed", "0")
-    shows("system-state", "accepting jobs")
     until(lambda: "500 MB" in text("python-memory"), "the Python API's memory reading")
 
     # Numbers change as jobs run: one question fails for good, one completes.
@@ -165,7 +205,61 @@ def test_dashboard_shows_the_queues_live_and_pauses_dispatch(
     assert len(standin.calls("process-video")) == 2
     shows("video-waiting", "0")
 
-    # Nothing was refused by the page's Content-Security-Policy, nothing failed to load.
-    problems = [entry["message"] for entry in driver.get_log("browser")
-                if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]]
-    assert not [p for p in problems if "401" not in p], problems
+    page.no_problems()
+
+
+def test_dashboard_says_what_jobs_are_and_retries_a_failure(
+        driver: Any, server: GunicornServer, standin: PythonApiStandIn) -> None:
+    page = Page(driver, server)
+    page.sign_in()
+    page.shows("qa-failed", "0")
+
+    # A question fails for good: its row names its company, its first words and its owner.
+    standin.script("ask-question", Reply(status=400, body={"detail": "unknown company"}))
+    failed = page.question("Which of the plans fits a team of five people working remotely "
+                           "across three time zones?", user="alice", company="Acme Corp")
+    page.shows("qa-failed", "1")
+    row = f'#failure-rows tr[data-job-id="{failed}"]'
+    page.until(lambda: page.find(row + " td.what").text
+               == "Which of the plans fits a team of five people working\u2026",
+               "the question's first words, cut between words")
+    assert page.find(row + " td.company").text == "Acme Corp"
+    assert page.find(row + " td.owner").text == "alice"
+    assert "unknown company" in page.find(row + " td.error-text").text
+
+    # A video fails; the same video sent again runs: its row names its company, its
+    # canonical URL and its owner, and retrying the failed one is refused (409, a duplicate).
+    standin.script("process-video", Reply(status=400, body={"detail": "private video"}))
+    failed_video = page.video("dash-what", user="bob")
+    page.shows("video-failed", "1")
+    standin.hold("process-video")
+    running = page.video("dash-what", user="bob")
+    assert standin.wait_in_flight("process-video", 1, timeout=10)
+    running_row = f'#running-rows tr[data-job-id="{running}"]'
+    page.until(lambda: page.find(running_row + " td.what").text == youtube_url("dash-what"),
+               "the running video's URL")
+    assert page.find(running_row + " td.company").text == "acme"
+    assert page.find(running_row + " td.owner").text == "bob"
+    video_row = f'#failure-rows tr[data-job-id="{failed_video}"]'
+    page.until(lambda: page.find(video_row + " button.retry").click() or True, "Retry clicked")
+    refused = page.until(lambda: page.find(video_row + " .outcome.bad").text, "the refusal")
+    assert "already queued or processing" in refused, refused  # the reply's error
+    assert page.text("retry-note") == f"Retry of video job {failed_video}: {refused}"
+    assert len(standin.calls("process-video")) == 2
+    standin.release("process-video")
+    page.shows("video-completed", "1")
+
+    # Retry: the stand-in sees the question a second time, and answers it this time.
+    assert len(standin.calls("ask-question")) == 1
+    page.until(lambda: page.find(row + " button.retry").click() or True, "Retry clicked")
+    page.until(lambda: page.text("retry-note") == f"Retry of qa job {failed}: queued again",
+               "the retry's outcome")
+    assert standin.wait_for(lambda s: len(s.calls("ask-question")) == 2, 10)
+    page.shows("qa-completed", "1")
+    page.shows("qa-failed", "0")
+    page.until(lambda: page.absent(row), "the retried job no longer among the failures")
+    assert not page.absent(video_row)  # the refused retry left the video failed
+    job = server.request("GET", f"/api/queue/jobs/qa/{failed}", headers=page.headers).json()
+    assert job["data"]["status"] == "completed" and job["data"]["attempts"] == 1
+    page.no_problems(f"/{failed_video}/retry - Failed to load resource: the server responded "
+                     "with a status of 409")

@@ -55,12 +55,19 @@ def test_app_is_true_to_its_document(app: Flask, mode: GenerationMode,
     failures: dict[str, str] = {}
     for result in load(app).get_all_operations():
         operation = result.ok()
+        if operation.label == "GET /api/queue/events":
+            # An endless stream for any valid call: a WSGI client reads a body to its end.
+            # tests/test_e2e_events.py reads it over HTTP.
+            continue
 
         @given(case=operation.as_strategy(generation_mode=mode, headers=headers))
         @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
-            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+            # The token is also given here: with a declared header parameter (Idempotency-Key)
+            # schemathesis takes the strategy's Authorization for a generated one otherwise.
+            case.call_and_validate(headers=headers or None,
+                                   excluded_checks=[positive_data_acceptance])
 
         try:
             check()

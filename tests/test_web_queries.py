@@ -115,8 +115,10 @@ def check_answer(reply: Any, where: tuple[str, ...]) -> None:
         assert reply.is_json, (where, reply.status_code, reply.get_data()[:300])
         assert reply.json["success"] is False and reply.json["error"], where
     elif reply.status_code != 304:
-        files = ("text/html", "text/css", "text/javascript", "image/svg+xml", "text/plain")
+        files = ("text/html", "text/css", "text/javascript", "image/svg+xml", "text/plain",
+                 "text/event-stream")
         assert reply.is_json or reply.mimetype in files, (where, reply.mimetype)
+        reply.close()  # an event stream is not read: closing it ends its generator
 
 
 @pytest.mark.timeout(300)

@@ -5,7 +5,8 @@
 ``web.context.extension(app).shutdown()`` (gunicorn's ``worker_exit`` does). Blueprints,
 one per module: ``submit`` (videos, questions), ``jobs`` (one job, list), ``queue``
 (status, monitor, pause/resume), ``health`` (probes), ``metrics`` (Prometheus),
-``dashboard`` (the live page, its files and its data), ``openapi`` (the document).
+``dashboard`` (the live page, its files and its data), ``openapi`` (the document), ``events``
+(live job events over SSE).
 Cross-cutting pieces: ``errors``
 (the status table), ``auth`` (JWT), ``limits`` (flask-limiter), ``security`` (CORS and
 headers), ``models`` (validation), ``body`` (the body limit, JSON bodies),
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 from actors.errors import SettingsError
-from web import dashboard, health, jobs, metrics, openapi, queue, submit
+from web import dashboard, events, health, jobs, metrics, openapi, queue, submit
 from web.auth import load_token_verifier
 from web.body import BodyLimit, reject_oversized
 from web.context import EXTENSION, QudemoExtension
@@ -86,6 +87,7 @@ def _build(settings: AppSettings, job_system: JobSystem, owns_system: bool) -> F
     init_security(app, settings.web)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings.web.max_body_bytes)  # type: ignore[method-assign]
     app.before_request(reject_oversized)
-    for module in (submit, jobs, queue, health, metrics, dashboard, openapi):
+    events.init_events(app, job_system, settings.streams)
+    for module in (submit, jobs, events, queue, health, metrics, dashboard, openapi):
         app.register_blueprint(module.bp)
     return app

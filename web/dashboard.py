@@ -6,7 +6,10 @@ script polls ``/api/queue/dashboard`` every two seconds (``?refresh=SECONDS`` ch
 that; polling stops while the tab is hidden) and draws per kind waiting, running (each
 job with its age), retrying, completed, failed; recent failures with their error; memory
 of this process and of the Python API against the thresholds; and the pause state, with
-pause and resume buttons that call ``POST /api/queue/<kind>/pause|resume``.
+pause and resume buttons that call ``POST /api/queue/<kind>/pause|resume``. Each running
+job and each failure says what it is (``actors.snapshot.describe_job``: company, owner,
+the video's URL or the question's first words); a failure has a Retry button that calls
+``POST /api/queue/jobs/<kind>/<id>/retry`` and shows its outcome in place.
 
 Authentication: the page and its files carry no data and need no token. The data and
 the buttons need the admin role (the data shows every owner's jobs and errors). With
@@ -30,6 +33,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from actors.jobs import JobState
+from actors.snapshot import describe_job
 from web.auth import require_admin
 from web.context import job_system
 from web.present import iso, shown_error
@@ -91,12 +95,14 @@ def dashboard_data() -> dict[str, Any]:
     running = sorted(snapshot.get("running_jobs", []), key=lambda j: -float(j.get("age_s", 0)))
     return {
         **queue_status(snapshot),
-        "running": [{"id": job["job_id"], "type": job["kind"], "attempt": job["attempt"],
-                     "ageSeconds": job["age_s"], "worker": job.get("worker"),
-                     "abandoned": bool(job.get("abandoned"))}
+        "running": [{"id": job["job_id"], "type": job["kind"], "company": job.get("company"),
+                     "owner": job.get("owner"), "summary": job.get("summary"),
+                     "attempt": job["attempt"], "ageSeconds": job["age_s"],
+                     "worker": job.get("worker"), "abandoned": bool(job.get("abandoned"))}
                     for job in running],
-        "failures": [{"id": job.id, "type": job.kind.value, "attempts": job.attempts,
-                      "failedAt": iso(job.finished_at), "lastError": shown_error(job)}
+        "failures": [{"id": job.id, "type": job.kind.value, **describe_job(job),
+                      "attempts": job.attempts, "failedAt": iso(job.finished_at),
+                      "lastError": shown_error(job)}
                      for job in failed],
         "pools": {kind: {"size": pool.get("size"), "alive": pool.get("alive"),
                          "busy": pool.get("busy"), "restarts": pool.get("restarts")}

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from actors.errors import (
     DuplicateJob,
+    IdempotencyKeyReused,
     JobNotFound,
     JobStateConflict,
     JobSystemUnavailable,
@@ -51,6 +52,7 @@ ERROR_TABLE: Mapping[type[BaseException], ErrorSpec] = {
     MemoryPressure: ErrorSpec(503, retry_after=True),
     ShuttingDown: ErrorSpec(503, retry_after=True),
     DuplicateJob: ErrorSpec(409),
+    IdempotencyKeyReused: ErrorSpec(422),
     SubmissionRefused: ErrorSpec(503, retry_after=True),
     JobNotFound: ErrorSpec(404),
     JobStateConflict: ErrorSpec(409),

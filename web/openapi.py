@@ -25,6 +25,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from werkzeug.routing import Rule
 
 from actors.jobs import JobState
+from web.idempotency import HEADER, REPLAYED_HEADER
 from web.models import ClientVideoBody, QuestionBody, VideoBody
 from web.responses import RESPONSE_MODELS
 
@@ -42,12 +43,17 @@ PATH_PATTERNS = {
     "interaction_id": r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$",
 }
 STATUS_TEXT = {
-    200: "OK", 202: "Accepted: the job is stored and queued", 400: "Validation failed "
-    "(details lists every problem)", 401: "Missing, invalid or expired bearer token",
+    200: "OK", 202: "Accepted: the job is stored and queued",
+    204: "Nothing more to stream: the job has ended and every event was sent",
+    400: "Validation failed (details lists every problem)",
+    401: "Missing, invalid or expired bearer token",
     403: "Authenticated but not allowed (the admin role is needed)",
     404: "No such job (or not yours)", 405: "Method not allowed on this path",
-    409: "Duplicate job, or the job is in the wrong state", 413: "Request body too large",
-    415: "Body is not application/json", 429: "Rate limit or queue limit reached",
+    409: "Duplicate job, the job is in the wrong state, or a request with the same "
+    "Idempotency-Key is still being handled", 413: "Request body too large",
+    415: "Body is not application/json",
+    422: "The Idempotency-Key was used with another request",
+    429: "Rate limit or queue limit reached",
     503: "Memory pressure, shutting down, or the job system is not answering",
 }
 
@@ -75,12 +81,26 @@ class Operation:
     description: str = ""
     extra: Mapping[int, str] = field(default_factory=dict)
     """More answers: status -> schema name."""
+    idempotent: bool = False
+    """Takes an ``Idempotency-Key`` header (web.idempotency): 409 in flight, 422 reused."""
+    empty: tuple[int, ...] = ()
+    """More answers without a body (204)."""
 
 
 _JOB = (400, 401, 404, 503)
 _SUBMIT = (400, 401, 413, 415, 503)
 # An empty filter (?type=) means no filter, as a web form sends it.
 _KIND_QUERY = {"schema": {"type": "string", "enum": ["video", "qa", ""]}}
+IDEMPOTENCY_PARAMETER: dict[str, Any] = {
+    "name": HEADER, "in": "header", "required": False,
+    "description": (
+        "Makes a retry safe: the same key and request within the retention (24 h) answer "
+        "the first request's job again (Idempotent-Replayed: true), another request 422, "
+        "while the first is still handled 409. A quoted string (\"...\") or a token; "
+        "printable ASCII, at most 255 characters; per caller."),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 257,
+               "pattern": r"^[\x21-\x7e]+$"},
+}
 LIST_QUERY: tuple[dict[str, Any], ...] = (
     {"name": "type", "in": "query", "description": "Only jobs of this kind.", **_KIND_QUERY},
     {"name": "kind", "in": "query", "description": "Same as type.", **_KIND_QUERY},
@@ -92,18 +112,35 @@ LIST_QUERY: tuple[dict[str, Any], ...] = (
      "schema": {"type": "string", "pattern": PATH_PATTERNS["interaction_id"]}},
 )
 
+STREAM_QUERY: tuple[dict[str, Any], ...] = (
+    {"name": "Last-Event-ID", "in": "header", "required": False,
+     "description": "Resume after this event: every later one, none twice (EventSource sends "
+                    "it when it reconnects).",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+    {"name": "lastEventId", "in": "query", "description": "Same as Last-Event-ID.",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+    {"name": "access_token", "in": "query",
+     "description": "A stream token (POST /api/queue/events/token, or data.eventsToken of a 202)"
+                    " for EventSource, which cannot send headers; never an API token.",
+     "schema": {"type": "string"}},
+)
+_STREAM_DOC = (" text/event-stream: events named after the job's state (queued, processing,"
+               " retrying, completed, failed, cancelled), data the job as GET shows it, each "
+               "with an id; `: keepalive` comments every EVENTS_HEARTBEAT_MS. 429 past "
+               "EVENTS_MAX_STREAMS_PER_CALLER open streams.")
+
 OPERATIONS: dict[str, Operation] = {
     "submit.process_video": Operation(
         "Queue a video for processing", "jobs", body=VideoBody,
-        ok=(202, "Accepted", "application/json"), errors=(*_SUBMIT, 409),
+        ok=(202, "Accepted", "application/json"), errors=(*_SUBMIT, 409), idempotent=True,
         description="snake_case or camelCase fields (videoUrl, companyName, ...)."),
     "submit.client_video": Operation(
         "Queue a video (the web client's body)", "jobs", body=ClientVideoBody,
-        ok=(202, "Accepted", "application/json"), errors=(*_SUBMIT, 409),
+        ok=(202, "Accepted", "application/json"), errors=(*_SUBMIT, 409), idempotent=True,
         description="videoUrl (or url), companyName (or companyId with Supabase), source."),
     "submit.ask_question": Operation(
         "Queue a question for AI answering", "jobs", body=QuestionBody,
-        ok=(202, "Accepted", "application/json"), errors=_SUBMIT),
+        ok=(202, "Accepted", "application/json"), errors=_SUBMIT, idempotent=True),
     "jobs.get_job": Operation("Read one job", "jobs", ok=(200, "JobReply", "application/json"),
                               errors=_JOB),
     "jobs.cancel_job": Operation("Cancel a queued or retrying job", "jobs",
@@ -114,6 +151,19 @@ OPERATIONS: dict[str, Operation] = {
     "jobs.list_jobs": Operation("List jobs, newest first (yours; an admin's: everyone's)",
                                 "jobs", ok=(200, "JobList", "application/json"),
                                 errors=(400, 401, 503), query=LIST_QUERY),
+    "events.job_events": Operation(
+        "Follow one job live (server-sent events)", "jobs",
+        ok=(200, None, "text/event-stream"), errors=(*_JOB, 429), query=STREAM_QUERY,
+        empty=(204,), description="The job's current state first, then every change; the "
+        "stream ends after a terminal state." + _STREAM_DOC),
+    "events.caller_events": Operation(
+        "Follow all your jobs live (an admin's: every job; server-sent events)", "jobs",
+        ok=(200, None, "text/event-stream"), errors=(400, 401, 429, 503), query=STREAM_QUERY,
+        description="A snapshot event (the unfinished jobs), then every change." + _STREAM_DOC),
+    "events.events_token": Operation(
+        "A short-lived token for ?access_token= on the event streams", "jobs",
+        ok=(200, "EventsTokenReply", "application/json"), errors=(401,),
+        description="Good for EVENTS_TOKEN_TTL_MS (10 minutes), for the caller's own jobs."),
     "queue.status": Operation("Per-kind counts, limits, pause state and memory", "queue",
                               ok=(200, "QueueStatusReply", "application/json"),
                               errors=(401, 503)),
@@ -223,18 +273,27 @@ def _operation(rule: Rule, op: Operation, metrics_access: str) -> dict[str, Any]
     if status == 202:
         ok["headers"] = {"Location": {"description": "Where the job can be read.",
                                       "required": True, "schema": {"type": "string"}}}
+    parameters = _path_parameters(rule)
+    if op.idempotent:
+        ok["headers"][REPLAYED_HEADER] = {
+            "description": "true: the Idempotency-Key's job, answered again (nothing new made).",
+            "schema": {"type": "string", "enum": ["true"]}}
+        parameters.append(IDEMPOTENCY_PARAMETER)
     responses: dict[str, Any] = {str(status): ok}
     access = op.access
     if access == "metrics":
         access = "none" if metrics_access == "public" else "admin"
-    parameters = _path_parameters(rule)
-    errors = set(op.errors) | ({404} if parameters else set())  # a value the route refuses
+    errors = set(op.errors) | ({404} if _path_parameters(rule) else set())  # a refused value
+    if op.idempotent:
+        errors |= {400, 409, 422}
     if access != "none":
         errors |= {401} | ({403} if access == "admin" else set())
     if op.limited:
         errors.add(429)
     for code in sorted(errors):
         responses[str(code)] = _error(code)
+    for code in op.empty:
+        responses[str(code)] = {"description": STATUS_TEXT[code]}
     for code, name in op.extra.items():
         responses[str(code)] = {"description": STATUS_TEXT.get(code, "see schema"),
                                 "content": {"application/json": {"schema": _ref(name)}}}

@@ -25,6 +25,7 @@ from actors.jobs import Job, JobState, thaw
 from actors.redact import redact_url
 from actors.result_writer import STORE_FAILED_PREFIX
 from web.auth import current_principal
+from web.stream_tokens import events_links
 
 if TYPE_CHECKING:
     from actors.system import Submission
@@ -134,7 +135,11 @@ def location(job: Job) -> str:
 
 
 def accepted(submission: Submission, message: str) -> Response:
-    """Return the 202 reply to an accepted submission, with a ``Location`` header."""
+    """Return the 202 reply to an accepted submission, with a ``Location`` header.
+
+    ``data.eventsUrl`` follows the job live (``web.events``); with authentication on it
+    carries a stream token good for 10 minutes (``data.eventsToken``, ``web.stream_tokens``).
+    """
     wait_s = submission.estimated_wait_s
     wait_s = wait_s if wait_s is not None and math.isfinite(wait_s) and wait_s >= 0 else 0.0
     response = jsonify({
@@ -148,10 +153,15 @@ def accepted(submission: Submission, message: str) -> Response:
             "estimatedWaitSeconds": round(wait_s, 1),
             # queued; processing only for a retry that just stores a kept result again
             "status": submission.job.state.value,
+            # Where to follow it live (web.events), with a short-lived stream token in the
+            # URL for EventSource (web.stream_tokens): never the caller's API token.
+            **events_links(submission.job),
         },
     })
     response.status_code = 202
     response.headers["Location"] = location(submission.job)
+    if submission.replayed:  # the Idempotency-Key's job, answered again (web.idempotency)
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

@@ -43,8 +43,30 @@ class AcceptedData(_Doc):
                                            "its place was not known in time.")
     estimatedWaitTime: str = Field(description="A human range, e.g. '10-30 seconds'.")
     estimatedWaitSeconds: float
-    status: Literal["queued", "processing"] = Field(
-        description="queued; processing when a retry only stores a result kept on the job.")
+    status: State = Field(
+        description="queued; processing when a retry only stores a result kept on the job. "
+                    "A replayed submission (Idempotent-Replayed: true) shows its job's "
+                    "current status.")
+    eventsUrl: str = Field(description="Follow the job live (text/event-stream); with "
+                                       "authentication on it carries a stream token.")
+    eventsToken: str | None = Field(description="That stream token (10 minutes, this "
+                                                "caller's jobs only); null without auth.")
+
+
+class EventsToken(_Doc):
+    """A stream token for ``?access_token=`` (``web.stream_tokens``)."""
+
+    token: str | None = Field(description="null when authentication is off.")
+    expiresIn: int = Field(description="Seconds it stays valid.")
+    expiresAt: str | None
+    eventsUrl: str = Field(description="The caller's own stream, with the token.")
+
+
+class EventsTokenReply(_Doc):
+    """``POST /api/queue/events/token``."""
+
+    success: Literal[True]
+    data: EventsToken
 
 
 class Accepted(_Doc):
@@ -247,6 +269,9 @@ class RunningJob(_Doc):
 
     id: str
     type: Kind
+    company: str | None = Field(description="The job's company_name.")
+    owner: str | None = Field(description="The user who submitted it.")
+    summary: str | None = Field(description="A video's URL, or a question's first words.")
     attempt: int
     ageSeconds: float
     worker: str | None
@@ -257,6 +282,9 @@ class FailedJob(_Doc):
 
     id: str
     type: Kind
+    company: str | None = Field(description="The job's company_name.")
+    owner: str | None = Field(description="The user who submitted it.")
+    summary: str | None = Field(description="A video's URL, or a question's first words.")
     attempts: int
     failedAt: str | None
     lastError: str | None
@@ -287,6 +315,6 @@ class OpenApiDocument(_Doc):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ErrorResponse, Accepted, JobReply, JobCancelled, JobList, QueueStatusReply, MonitorReply,
-    KindStateReply, Health, Live, Ready, DashboardReply, OpenApiDocument,
+    KindStateReply, Health, Live, Ready, DashboardReply, OpenApiDocument, EventsTokenReply,
 )
 """Every model that appears in the document's ``components.schemas``."""

@@ -2,8 +2,9 @@
 
 CORS: with ``CORS_ORIGINS`` empty (the default) no CORS header is ever sent and browsers
 keep pages of other origins out. Listed origins get ``Access-Control-Allow-Origin``
-echoed back, the ``Authorization`` and ``Content-Type`` request headers, and our
-``Location``, ``Retry-After`` and ``RateLimit-*`` response headers. Credentials (cookies)
+echoed back, the ``Authorization``, ``Content-Type`` and ``Idempotency-Key`` request
+headers, and our ``Location``, ``Retry-After``, ``RateLimit-*`` and ``Idempotent-Replayed``
+response headers. Credentials (cookies)
 are never allowed: the API authenticates with bearer tokens.
 
 Headers: every response is JSON, so the Content-Security-Policy forbids everything
@@ -45,7 +46,7 @@ DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-s
 """The policy of ``/dashboard`` (``web.dashboard``): exactly what the page needs."""
 HSTS = "max-age=15552000; includeSubDomains"
 EXPOSED_HEADERS = ["Location", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
-                   "RateLimit-Reset", "RateLimit-Policy"]
+                   "RateLimit-Reset", "RateLimit-Policy", "Idempotent-Replayed"]
 
 
 def init_security(app: Flask, settings: WebSettings) -> None:
@@ -56,7 +57,7 @@ def init_security(app: Flask, settings: WebSettings) -> None:
             app,
             resources={r"/*": {"origins": origins}},
             methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=EXPOSED_HEADERS,
             supports_credentials=False,
             max_age=600,

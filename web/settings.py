@@ -43,6 +43,7 @@ from actors.errors import SettingsError
 from actors.logs import JsonFormatter
 from actors.redact import redact_text, url_secrets
 from actors.settings import EnvReader, Settings, merged_environ, warn_superseded
+from web.sse import StreamSettings
 from web.video_urls import is_ip_literal, valid_hostname
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class AppSettings:
 
     core: Settings = field(default_factory=Settings)
     web: WebSettings = field(default_factory=WebSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
+    """The live event streams' limits (``web.sse``)."""
 
 
 def load_settings(
@@ -220,12 +223,13 @@ def load_settings(
     reader = EnvReader(merged)
     core = Settings.read(reader)
     web = WebSettings.read(reader)
+    streams = StreamSettings.read(reader)
     if reader.problems:
         secrets = [merged.get(name) or "" for name in SECRET_VARIABLES]
         secrets += [part for name in ADDRESS_VARIABLES for part in url_secrets(merged.get(name))]
         raise SettingsError([redact(problem, secrets) for problem in reader.problems])
     warn_superseded(merged)
-    return AppSettings(core=core, web=web)
+    return AppSettings(core=core, web=web, streams=streams)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -18,6 +18,7 @@ from web.auth import current_principal, require_user
 from web.body import read_json
 from web.context import job_system, web_settings
 from web.errors import RequestInvalid
+from web.idempotency import idempotency_key, idempotent
 from web.models import (
     EXTERNAL_ID,
     ClientVideoBody,
@@ -36,6 +37,7 @@ bp = Blueprint("submit", __name__)
 
 @bp.post("/api/video/process")
 @require_user
+@idempotent
 def process_video() -> Response:
     """Queue a video for processing (snake_case or camelCase body)."""
     return _submit_video(VideoBody)
@@ -43,6 +45,7 @@ def process_video() -> Response:
 
 @bp.post("/api/video/videos")
 @require_user
+@idempotent
 def client_video() -> Response:
     """Queue a video from the web client's body (``videoUrl``, ``companyName``, ...)."""
     return _submit_video(ClientVideoBody)
@@ -50,6 +53,7 @@ def client_video() -> Response:
 
 @bp.post("/api/interactions/<interaction_id>/questions")
 @require_user
+@idempotent
 def ask_question(interaction_id: str) -> Response:
     """Queue a question about a company's videos for AI answering."""
     problems = check_path_id(interaction_id, "interactionId")
@@ -62,6 +66,7 @@ def ask_question(interaction_id: str) -> Response:
         {"question": body.question, "company_name": body.company_name,
          "interaction_id": interaction_id},
         owner=principal.user_id,
+        idempotency=idempotency_key(),
     )
     # The lifecycle line ("accepted") is the JobRegistry's; this adds the request's details.
     logger.debug("job %s: question for interaction %s, queue position %s",
@@ -79,6 +84,7 @@ def _submit_video(model: type[VideoBody]) -> Response:
         body.job_data(),
         owner=principal.user_id,
         dedupe_key=body.dedupe_key(),
+        idempotency=idempotency_key(),
     )
     logger.debug("job %s: video for %s from %s, queue position %s", submission.job.id,
                  body.company_name, body.video.host, submission.queue_position)

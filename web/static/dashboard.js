@@ -1,5 +1,6 @@
 // QuDemo jobs dashboard: polls GET /api/queue/dashboard and draws it; pause/resume buttons
-// call POST /api/queue/<kind>/pause|resume. Plain JavaScript, no framework, no build step.
+// call POST /api/queue/<kind>/pause|resume, a failure's Retry button
+// POST /api/queue/jobs/<kind>/<id>/retry. Plain JavaScript, no framework, no build step.
 // Everything from the server is written with textContent, never parsed as HTML.
 "use strict";
 
@@ -13,6 +14,9 @@
   let timer = null;
   let busy = false;
   let lastData = null;
+  let failuresDrawn = null;  // the failures last drawn, as JSON: unchanged rows are kept
+  const retrying = new Set();  // ids whose Retry is waiting for its answer
+  const outcomes = new Map();  // id -> {failedAt, text, tone}: the answer to its last Retry
 
   function token() {
     return window.sessionStorage.getItem(TOKEN_KEY) || "";
@@ -75,6 +79,14 @@
     td.textContent = text;
     if (className) td.className = className;
     row.appendChild(td);
+    return td;
+  }
+
+  // What a job is: its company, its video's URL or its question's first words, its owner.
+  function identity(row, job) {
+    cell(row, job.company || "", "company");
+    cell(row, job.summary || "", "what");
+    cell(row, job.owner || "", "owner");
   }
 
   function drawKind(kind, queue) {
@@ -137,6 +149,7 @@
       row.dataset.jobId = job.id;
       cell(row, job.id, "id");
       cell(row, job.type);
+      identity(row, job);
       cell(row, String(job.attempt));
       cell(row, duration(job.ageSeconds), "age");
       cell(row, job.worker || "");
@@ -148,6 +161,14 @@
   }
 
   function drawFailures(failures) {
+    $("failures-empty").hidden = failures.length > 0;
+    const drawn = JSON.stringify(failures);
+    if (drawn === failuresDrawn) return;  // keep the rows, and the button under the pointer
+    failuresDrawn = drawn;
+    const shown = new Set(failures.map((job) => job.id));
+    for (const id of outcomes.keys()) {
+      if (!shown.has(id)) outcomes.delete(id);
+    }
     const rows = $("failure-rows");
     rows.replaceChildren();
     for (const job of failures) {
@@ -155,12 +176,29 @@
       row.dataset.jobId = job.id;
       cell(row, job.id, "id");
       cell(row, job.type);
+      identity(row, job);
       cell(row, String(job.attempts));
       cell(row, job.failedAt ? new Date(job.failedAt).toLocaleString() : "");
       cell(row, job.lastError || "", "error-text");
+      const action = cell(row, "", "action");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "retry";
+      button.textContent = retrying.has(job.id) ? "Retrying…" : "Retry";
+      button.disabled = retrying.has(job.id);
+      button.addEventListener("click", function () {
+        retry(job, button);
+      });
+      const outcome = document.createElement("span");
+      outcome.className = "outcome";
+      const last = outcomes.get(job.id);
+      if (last && last.failedAt === job.failedAt) {  // not an answer about an older failure
+        outcome.textContent = last.text;
+        outcome.className = "outcome " + last.tone;
+      }
+      action.append(button, outcome);
       rows.appendChild(row);
     }
-    $("failures-empty").hidden = failures.length > 0;
   }
 
   function draw(data) {
@@ -221,6 +259,36 @@
     if (status !== 200) {
       showError(action + " " + kind + " failed (" + status + "): " + ((body && body.error) || "no details"));
     }
+    await refresh();
+  }
+
+  // 202: queued again; otherwise the reply's error (403 not allowed, 409 not failed any
+  // more, 429 the company's queue is full), shown in the row and in the note below it.
+  async function retry(job, button) {
+    retrying.add(job.id);
+    button.disabled = true;
+    button.textContent = "Retrying…";
+    let outcome;
+    try {
+      const path = "/api/queue/jobs/" + encodeURIComponent(job.type) + "/"
+        + encodeURIComponent(job.id) + "/retry";
+      const { status, body } = await call("POST", path);
+      const error = (body && body.error) || "no details";
+      if (status === 202) outcome = { text: "queued again", tone: "ok" };
+      else if ([403, 409, 429].includes(status)) outcome = { text: error, tone: "bad" };
+      else outcome = { text: "failed (" + status + "): " + error, tone: "bad" };
+    } catch (err) {
+      outcome = { text: "cannot reach the server: " + err.message, tone: "bad" };
+    } finally {
+      retrying.delete(job.id);
+    }
+    outcomes.set(job.id, { failedAt: job.failedAt, ...outcome });
+    const note = $("retry-note");
+    note.textContent = "Retry of " + job.type + " job " + job.id + ": " + outcome.text;
+    note.className = "outcome " + outcome.tone;
+    note.hidden = false;
+    failuresDrawn = null;  // redraw the rows with the outcome
+    if (lastData) drawFailures(lastData.failures);
     await refresh();
   }
 
