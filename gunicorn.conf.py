@@ -118,13 +118,13 @@ limit_request_fields = 100
 control_socket_disable = True
 
 # Application logs: one line each, with the thread (actor) that wrote it; LOG_FORMAT=json
-# makes every line (gunicorn's too) one JSON object (actors.logs.JsonFormatter).
+# makes every line (gunicorn's too) one JSON object (actors.runtime.logs.JsonFormatter).
 _formatters: dict[str, dict[str, str]] = {
     "plain": {
         "format": "%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: "
                   "%(message)s",
     },
-    "json": {"()": "actors.logs.JsonFormatter"},
+    "json": {"()": "actors.runtime.logs.JsonFormatter"},
 }
 logconfig_dict = {
     "version": 1,
@@ -272,7 +272,7 @@ def post_fork(server: Any, worker: Any) -> None:
     previous = sorted(pid for pid in server.WORKERS if pid != worker.pid)
     if _get("QUEUE_STORE", "sqlite").strip().lower() != "sqlite" or not previous:
         return
-    from actors.sqlite_store import expect_handover
+    from actors.stores.sqlite import expect_handover
 
     def heartbeat() -> None:
         worker.notify()  # a boot waiting for the store is not a hung worker

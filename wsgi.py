@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from web import create_app
 from web.cli import create_cli_app
 from web.settings import EXIT_CONFIG_ERROR, configure_logging, load_settings

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from actors.errors import QueueError
-from actors.jobs import Job, JobKind, JobState
-from actors.settings import Settings
+from actors.model.errors import QueueError
+from actors.model.jobs import Job, JobKind, JobState
+from actors.model.settings import Settings
 from actors.system import JobSystem, Submission
 
 __all__ = ["Job", "JobKind", "JobState", "JobSystem", "QueueError", "Settings", "Submission"]

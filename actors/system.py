@@ -25,8 +25,9 @@ from typing import Any
 
 import pykka
 
-from actors.dispatcher import Dispatcher
-from actors.errors import (
+from actors.dispatch.dispatcher import Dispatcher
+from actors.dispatch.scheduling import MAX_PRIORITY, MIN_PRIORITY
+from actors.model.errors import (
     JobNotFound,
     JobStateConflict,
     JobSystemUnavailable,
@@ -35,9 +36,9 @@ from actors.errors import (
     SettingsError,
     ShuttingDown,
 )
-from actors.idempotency import IdempotencyKey, Replayed
-from actors.jobs import FINISHED_STATES, Job, JobKind, JobState, freeze, new_job_id
-from actors.messages import (
+from actors.model.idempotency import IdempotencyKey
+from actors.model.jobs import FINISHED_STATES, Job, JobKind, JobState, Replayed, freeze, new_job_id
+from actors.model.messages import (
     AddJob,
     AttachDispatcher,
     AttachWatchdog,
@@ -57,19 +58,19 @@ from actors.messages import (
     StopWorkers,
     SubmitTicket,
 )
-from actors.metrics import JobMetrics
-from actors.python_api import PythonApiClient
-from actors.redact import redact_text, redact_url
-from actors.registry import JobRegistry
-from actors.result_writer import ResultWriter, WriterStats
-from actors.scheduling import MAX_PRIORITY, MIN_PRIORITY
-from actors.settings import Settings
-from actors.snapshot import assemble_snapshot
-from actors.store import JobStore, StateCounts, open_store
-from actors.supabase_sink import Company, ResultSink
-from actors.timers import Clock, TimerService
-from actors.tracked import mailbox_depth
-from actors.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
+from actors.model.settings import Settings
+from actors.results.supabase import Company, ResultSink
+from actors.results.writer import ResultWriter, WriterStats
+from actors.runtime.metrics import JobMetrics
+from actors.runtime.redact import redact_text, redact_url
+from actors.runtime.snapshot import assemble_snapshot
+from actors.runtime.timers import Clock, TimerService
+from actors.runtime.tracked import mailbox_depth
+from actors.stores import open_store
+from actors.stores.base import JobStore, StateCounts
+from actors.stores.registry import JobRegistry
+from actors.work.python_api import PythonApiClient
+from actors.work.watchdog import MemoryReading, MemoryWatchdog, process_rss_mb
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class JobSystem:
         self._writer_stats = WriterStats()  # read by snapshot(): the writer may be mid-write
         self.timers = TimerService()
         # One shared client (one connection pool) per Python API instance, keyed by its
-        # shown address: the credentials stay inside the client (actors.redact).
+        # shown address: the credentials stay inside the client (actors.runtime.redact).
         clients = [
             PythonApiClient(
                 url,
@@ -562,7 +563,7 @@ def _actor_classes(store: JobStore) -> tuple[type[JobRegistry], type[Dispatcher]
     """
     if not store.shared:
         return JobRegistry, Dispatcher, {}
-    from actors.shared_dispatcher import SharedDispatcher
-    from actors.shared_registry import SharedJobRegistry
+    from actors.dispatch.shared_dispatcher import SharedDispatcher
+    from actors.stores.shared_registry import SharedJobRegistry
 
     return SharedJobRegistry, SharedDispatcher, {"store": store}

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from actors import JobKind, JobSystem, Settings
-from actors.python_api import PythonApiClient
-from actors.timers import TimerService
+from actors.runtime.timers import TimerService
+from actors.work.python_api import PythonApiClient
 from bench import peers
 from bench.common import StandInProcess, ratio, write_result
 

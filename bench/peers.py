@@ -1,6 +1,6 @@
 """The same no-op jobs run by the limit and by two peers, in-process, for core throughput.
 
-A job is one ``POST /ask-question`` through ``actors.python_api.PythonApiClient`` (the
+A job is one ``POST /ask-question`` through ``actors.work.python_api.PythonApiClient`` (the
 client the job system's workers use) to a stand-in that answers at once. Each runner
 starts its machinery, then times from the first submission to the last completion, with
 ``workers`` jobs at a time:
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from actors.attempts import AttemptCall
-from actors.python_api import PythonApiClient
+from actors.dispatch.attempts import AttemptCall
+from actors.work.python_api import PythonApiClient
 
 QUESTION = {"question": "What are the main features?", "company_name": "acme-corp"}
 TIMEOUT_S = 300.0

@@ -42,8 +42,8 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from actors.jobs import Job, JobKind, freeze, new_job_id  # noqa: E402
-from actors.pg_store import PostgresJobStore  # noqa: E402
+from actors.model.jobs import Job, JobKind, freeze, new_job_id  # noqa: E402
+from actors.stores.postgres.store import PostgresJobStore  # noqa: E402
 from bench.common import StandInProcess  # noqa: E402
 from bench.pg_claim import database  # noqa: E402
 from tests.pg_server import with_search_path  # noqa: E402

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from actors import JobKind, JobSystem, Settings
-from actors.jobs import Job, JobState, dumps, freeze, new_job_id
-from actors.sqlite_store import SqliteJobStore
+from actors.model.jobs import Job, JobState, dumps, freeze, new_job_id
+from actors.stores.sqlite import SqliteJobStore
 from bench import peers
 from bench.common import StandInProcess, ratio, write_result
 
@@ -146,7 +146,7 @@ def pg_levels(levels: tuple[int, ...]) -> Iterator[tuple[str, dict[int, str]]]:
     import psycopg
     from psycopg import sql
 
-    from actors.pg_store import PostgresJobStore
+    from actors.stores.postgres.store import PostgresJobStore
     from bench.pg_claim import database
     from tests.pg_server import with_search_path
 
@@ -177,7 +177,7 @@ def pg_fill(url: str, retained: int) -> None:
     """
     import psycopg
 
-    from actors.pg_store import PostgresJobStore
+    from actors.stores.postgres.store import PostgresJobStore
 
     if retained == 0:
         with psycopg.connect(url, autocommit=True) as conn:

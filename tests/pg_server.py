@@ -38,8 +38,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from actors.jobs import Job, JobKind, freeze, new_job_id
-from actors.pg_store import PostgresJobStore
+from actors.model.jobs import Job, JobKind, freeze, new_job_id
+from actors.stores.postgres.store import PostgresJobStore
 
 SERVER_USER = "postgres"
 """The system user the server runs as when the tests run as root."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors import Settings
-from actors.timers import Clock
+from actors.runtime.timers import Clock
 from tests.postgrest_standin import SERVICE_KEY, PostgrestStandIn
 
 ACME_ID = "6a0f7c2e-1b7d-4c1e-9a55-2f3d4c5b6a71"

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import (
+from actors.model.errors import (
     DuplicateJob,
     JobNotFound,
     JobStateConflict,

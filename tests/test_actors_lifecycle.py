@@ -11,9 +11,11 @@ import pykka
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import ShuttingDown
-from actors.jobs import Job, freeze
-from actors.store import JobStore, MemoryJobStore, open_store
+from actors.model.errors import ShuttingDown
+from actors.model.jobs import Job, freeze
+from actors.stores import open_store
+from actors.stores.base import JobStore
+from actors.stores.memory import MemoryJobStore
 from tests.standin import PythonApiStandIn, Reply
 from tests.test_actors_support import (
     actor_thread_names,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from actors import JobKind, JobState, Settings
-from actors.errors import JobNotFound
-from actors.timers import Clock
+from actors.model.errors import JobNotFound
+from actors.runtime.timers import Clock
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import question, started, wait_gone, wait_state
 

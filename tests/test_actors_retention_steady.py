@@ -20,15 +20,16 @@ from typing import Any
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.jobs import FINISHED_STATES, Job, freeze, new_job_id
-from actors.registry import JobRegistry
-from actors.sqlite_store import (
+from actors.model.jobs import FINISHED_STATES, Job, freeze, new_job_id
+from actors.stores.base import StateCounts
+from actors.stores.memory import MemoryJobStore
+from actors.stores.registry import JobRegistry
+from actors.stores.sqlite import (
     _FINISHED_WHERE,
     _OLDEST_FINISHED,
     MIGRATIONS,
     SqliteJobStore,
 )
-from actors.store import MemoryJobStore, StateCounts
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import question, wait_state, wait_until
 

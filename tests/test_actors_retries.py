@@ -10,8 +10,8 @@ import time
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.python_api import parse_retry_after
-from actors.scheduling import backoff_delay_s
+from actors.dispatch.scheduling import backoff_delay_s
+from actors.work.python_api import parse_retry_after
 from tests.standin import PythonApiStandIn, Reply
 from tests.test_actors_support import question, started, video, wait_state
 

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-from actors.jobs import Job, JobKind
-from actors.scheduling import (
+from actors.dispatch.scheduling import (
     DurationEstimate,
     WaitingQueue,
     backoff_delay_s,
     effective_priority,
     estimate_wait_s,
 )
+from actors.model.jobs import Job, JobKind
 
 VIDEO, QA = JobKind.VIDEO, JobKind.QA
 
@@ -213,7 +213,7 @@ def test_duration_estimate_uses_the_default_until_observed_then_averages() -> No
 
 
 def test_cancelled_timers_do_not_pile_up() -> None:
-    from actors.timers import TimerService
+    from actors.runtime.timers import TimerService
 
     timers = TimerService().start()
     try:

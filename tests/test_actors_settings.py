@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from actors import JobKind, Settings
-from actors.errors import QueueError, SettingsError
-from actors.settings import KindLimits
+from actors.model.errors import QueueError, SettingsError
+from actors.model.settings import KindLimits
 
 
 def test_defaults_without_environment_match_the_seed() -> None:
@@ -147,7 +147,7 @@ def test_replace_returns_a_changed_copy() -> None:
 def test_node_backend_variables_that_are_not_read_are_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from actors.settings import warn_superseded
+    from actors.model.settings import warn_superseded
 
     with caplog.at_level("WARNING"):
         found = warn_superseded({"MAX_CONCURRENT_QA_REQUESTS": "20", "REQUEST_TIMEOUT_MS": ""})

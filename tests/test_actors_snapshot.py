@@ -7,11 +7,11 @@ import json
 import pykka
 
 from actors import Job, JobKind, JobState, JobSystem, Settings
-from actors.jobs import LEGAL_TRANSITIONS, dumps, freeze, is_legal
-from actors.messages import AddJob, Inspect, Transition
-from actors.registry import JobRegistry
-from actors.store import MemoryJobStore
-from actors.timers import Clock, TimerService
+from actors.model.jobs import LEGAL_TRANSITIONS, dumps, freeze, is_legal
+from actors.model.messages import AddJob, Inspect, Transition
+from actors.runtime.timers import Clock, TimerService
+from actors.stores.memory import MemoryJobStore
+from actors.stores.registry import JobRegistry
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import question, started, video, wait_state
 

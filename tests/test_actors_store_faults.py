@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from actors import Job, JobKind, JobState, JobSystem, Settings
-from actors.errors import JobSystemUnavailable, QueueError, StoreUnavailable
-from actors.sqlite_store import SqliteJobStore
+from actors.model.errors import JobSystemUnavailable, QueueError, StoreUnavailable
+from actors.stores.sqlite import SqliteJobStore
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import question, wait_state, wait_until
 from tests.web_support import make_app

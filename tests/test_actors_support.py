@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from actors import Job, JobKind, JobState, JobSystem, Settings
-from actors.errors import JobNotFound
+from actors.model.errors import JobNotFound
 from tests.standin import PythonApiStandIn
 
 T = TypeVar("T")

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import MemoryPressure
-from actors.timers import Clock
-from actors.watchdog import STALE_AFTER_TICKS, MemoryReading
+from actors.model.errors import MemoryPressure
+from actors.runtime.timers import Clock
+from actors.work.watchdog import STALE_AFTER_TICKS, MemoryReading
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import (
     question,
@@ -79,7 +79,7 @@ def system(fast_settings: Settings, standin: PythonApiStandIn, rss: Rss,
 
 @pytest.fixture
 def watchdog_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.WARNING, logger="actors.watchdog")
+    caplog.set_level(logging.WARNING, logger="actors.work.watchdog")
     return caplog
 
 

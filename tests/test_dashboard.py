@@ -8,7 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from actors import JobSystem
-from actors.snapshot import SUMMARY_CHARS, first_words
+from actors.runtime.snapshot import SUMMARY_CHARS, first_words
 from tests.standin import DEMO_VIDEO_URL, PythonApiStandIn, Reply
 from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job
 from web.dashboard import FILES, STATIC

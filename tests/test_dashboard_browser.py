@@ -223,9 +223,10 @@ def test_dashboard_says_what_jobs_are_and_retries_a_failure(
     page.until(lambda: page.find(row + " td.what").text
                == "Which of the plans fits a team of five people working\u2026",
                "the question's first words, cut between words")
-    assert page.find(row + " td.company").text == "Acme Corp"
-    assert page.find(row + " td.owner").text == "alice"
-    assert "unknown company" in page.find(row + " td.error-text").text
+    page.until(lambda: page.find(row + " td.company").text == "Acme Corp", "its company")
+    page.until(lambda: page.find(row + " td.owner").text == "alice", "its owner")
+    page.until(lambda: "unknown company" in page.find(row + " td.error-text").text,
+               "its error")
 
     # A video fails; the same video sent again runs: its row names its company, its
     # canonical URL and its owner, and retrying the failed one is refused (409, a duplicate).
@@ -236,10 +237,13 @@ def test_dashboard_says_what_jobs_are_and_retries_a_failure(
     running = page.video("dash-what", user="bob")
     assert standin.wait_in_flight("process-video", 1, timeout=10)
     running_row = f'#running-rows tr[data-job-id="{running}"]'
+    # The running rows are drawn anew on every poll: each cell is read inside a wait.
     page.until(lambda: page.find(running_row + " td.what").text == youtube_url("dash-what"),
                "the running video's URL")
-    assert page.find(running_row + " td.company").text == "acme"
-    assert page.find(running_row + " td.owner").text == "bob"
+    page.until(lambda: page.find(running_row + " td.company").text == "acme",
+               "the running video's company")
+    page.until(lambda: page.find(running_row + " td.owner").text == "bob",
+               "the running video's owner")
     video_row = f'#failure-rows tr[data-job-id="{failed_video}"]'
     page.until(lambda: page.find(video_row + " button.retry").click() or True, "Retry clicked")
     refused = page.until(lambda: page.find(video_row + " .outcome.bad").text, "the refusal")

@@ -35,8 +35,8 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from actors import JobSystem
-from actors.errors import SettingsError
-from actors.settings import EnvReader, Settings
+from actors.model.errors import SettingsError
+from actors.model.settings import EnvReader, Settings
 from web import AppSettings, WebSettings, create_app
 from web.settings import load_settings
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.gunicorn_server import REPO, GunicornServer, free_port
 from tests.test_deploy_files import START_COMMAND, docker_args, docker_env
 from web.settings import load_settings, redact

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import requests
 
-from actors.errors import StoreUnavailable
-from actors.sqlite_store import SqliteJobStore, expect_handover
+from actors.model.errors import StoreUnavailable
+from actors.stores.sqlite import SqliteJobStore, expect_handover
 from tests.gunicorn_server import GunicornServer
 from tests.standin import PythonApiStandIn
 from tests.test_e2e_gunicorn import auth, base_env, follow
@@ -92,7 +92,7 @@ def reload_and_wait_for_handover(server: GunicornServer, old: int) -> int:
     assert server.wait_until(lambda: len(workers(server)) >= 2, 20), server.log()
     new = workers(server)[-1]
     assert new != old
-    waiting = f"[{new} MainThread] actors.sqlite_store: waiting for the previous worker"
+    waiting = f"[{new} MainThread] actors.stores.sqlite: waiting for the previous worker"
     assert server.wait_until(lambda: waiting in server.log(), 15), server.log()
     assert server.proc is not None and server.proc.poll() is None  # the master stays up
     return new
@@ -100,7 +100,7 @@ def reload_and_wait_for_handover(server: GunicornServer, old: int) -> int:
 
 def assert_took_over(server: GunicornServer, new: int, old: int, alice: dict[str, str]) -> None:
     log = server.log()
-    assert f"[{new} MainThread] actors.sqlite_store: took over the job store" in log, log
+    assert f"[{new} MainThread] actors.stores.sqlite: took over the job store" in log, log
     assert f"Worker exiting (pid: {old})" in log
     assert "Worker failed to boot" not in log and "exited with code 3" not in log
     assert server.proc is not None and server.proc.poll() is None
@@ -175,7 +175,7 @@ def test_sighup_new_worker_recovers_a_job_cut_by_the_drain(standin: PythonApiSta
         # in the store unfinished, its attempt counted.
         assert server.wait_until(lambda: f"Worker exiting (pid: {old})" in server.log(), 30)
         assert server.wait_until(
-            lambda: f"[{new} MainThread] actors.sqlite_store: took over" in server.log(), 30)
+            lambda: f"[{new} MainThread] actors.stores.sqlite: took over" in server.log(), 30)
         # The new worker recovers it from the store and runs it again.
         assert standin.wait_calls("process-video", 2, timeout=15), server.log()
         standin.release("process-video")

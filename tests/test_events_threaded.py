@@ -15,7 +15,7 @@ import requests
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from actors import JobSystem
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.sse_client import SseClient
 from tests.standin import PythonApiStandIn
 from web import AppSettings, WebSettings, create_app, load_settings

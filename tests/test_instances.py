@@ -8,7 +8,7 @@ from contextlib import ExitStack
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.instances import CLOSED, HALF_OPEN, OPEN, InstanceSet
+from actors.work.instances import CLOSED, HALF_OPEN, OPEN, InstanceSet
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import wait_until
 

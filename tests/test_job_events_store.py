@@ -11,12 +11,14 @@ import psycopg
 import pytest
 
 from actors import JobKind, JobState
-from actors.events import EventFeed, JobEvent
-from actors.jobs import freeze
-from actors.pg_claims import update as pg_update
-from actors.pg_store import PostgresJobStore
-from actors.sqlite_store import SqliteJobStore
-from actors.store import JobStore, MemoryJobStore
+from actors.model.events import JobEvent
+from actors.model.jobs import freeze
+from actors.stores.base import JobStore
+from actors.stores.events import EventFeed
+from actors.stores.memory import MemoryJobStore
+from actors.stores.postgres.claims import update as pg_update
+from actors.stores.postgres.store import PostgresJobStore
+from actors.stores.sqlite import SqliteJobStore
 from tests import pg_server
 from tests.pg_server import T0, make_job
 

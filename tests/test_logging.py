@@ -16,7 +16,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from actors import JobSystem
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.gunicorn_server import REPO, GunicornServer
 from tests.standin import PythonApiStandIn, Reply
 from tests.web_support import QUESTION, VIDEO, make_app, wait_job
@@ -94,8 +94,8 @@ def test_each_lifecycle_event_is_logged_once_with_its_fields(
 def test_configure_logging_writes_json_lines() -> None:
     code = (
         "import logging\n"
-        "from actors.jobs import JobKind\n"
-        "from actors.logs import job_fields\n"
+        "from actors.model.jobs import JobKind\n"
+        "from actors.runtime.logs import job_fields\n"
         "from web.settings import WebSettings, configure_logging\n"
         "configure_logging(WebSettings(log_format='json', log_level='debug'))\n"
         "logging.getLogger('actors.demo').info('job abc started', "
@@ -140,7 +140,7 @@ def test_gunicorn_writes_one_json_object_per_line(standin: PythonApiStandIn,
     assert events_of(lines, job_id) == Counter({
         ("job.accepted", 0): 1, ("job.started", 1): 1, ("job.completed", 1): 1})
     loggers = {entry["logger"] for entry in lines}
-    assert {"gunicorn.error", "gunicorn.access", "actors.registry"} <= loggers
+    assert {"gunicorn.error", "gunicorn.access", "actors.stores.registry"} <= loggers
     assert any("job system stopped" in entry["message"] for entry in lines)
 
 

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import JobSystem
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.gunicorn_server import GunicornServer, free_port
 from tests.standin import PythonApiStandIn, Reply
 from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job

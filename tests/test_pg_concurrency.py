@@ -15,8 +15,8 @@ from collections.abc import Callable
 import psycopg
 
 from actors import JobKind, JobState
-from actors.jobs import Job
-from actors.pg_store import PostgresJobStore
+from actors.model.jobs import Job
+from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
 from tests.pg_server import T0, make_job
 from tests.test_actors_support import wait_until

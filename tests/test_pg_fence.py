@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import JobSystemUnavailable
-from actors.pg_store import PostgresJobStore
+from actors.model.errors import JobSystemUnavailable
+from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
 from tests.pg_server import T0, make_job
 from tests.standin import PythonApiStandIn

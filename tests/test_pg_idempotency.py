@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import IdempotencyKeyTaken
-from actors.idempotency import IdempotencyKey
-from actors.pg_store import PostgresJobStore
+from actors.model.errors import IdempotencyKeyTaken
+from actors.model.idempotency import IdempotencyKey
+from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import wait_state

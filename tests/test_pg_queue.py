@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from actors import JobKind, JobState
-from actors.jobs import freeze
-from actors.pg_store import PostgresJobStore
-from actors.scheduling import WaitingQueue
+from actors.dispatch.scheduling import WaitingQueue
+from actors.model.jobs import freeze
+from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
 from tests.pg_server import T0, ManualClock, make_job
 

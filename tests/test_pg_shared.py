@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.errors import DuplicateJob, JobNotFound, JobStateConflict
-from actors.pg_store import PostgresJobStore
+from actors.model.errors import DuplicateJob, JobNotFound, JobStateConflict
+from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
 from tests.postgrest_standin import SERVICE_KEY, PostgrestStandIn
 from tests.standin import PythonApiStandIn, Reply
@@ -348,7 +348,7 @@ def test_a_job_running_longer_than_its_lease_is_never_taken_from_a_live_instance
 
 def test_the_per_company_bound_counts_every_instances_waiting_jobs(
         start: Start, standin: PythonApiStandIn) -> None:
-    from actors.errors import QueueFull
+    from actors.model.errors import QueueFull
 
     bounds = {"max_concurrent_videos": 1, "max_waiting_videos_per_company": 2}
     a, b = start(**bounds), start(**bounds)

@@ -14,12 +14,11 @@ import psycopg
 import pytest
 
 from actors import JobKind, JobState, Settings
-from actors.errors import DuplicateJob, SettingsError
-from actors.jobs import freeze
-from actors.pg_schema import SCHEMA_VERSION
-from actors.pg_store import _PRUNE_SQL, PostgresJobStore
-from actors.sqlite_store import StoreUnavailable
-from actors.store import open_store
+from actors.model.errors import DuplicateJob, SettingsError, StoreUnavailable
+from actors.model.jobs import freeze
+from actors.stores import open_store
+from actors.stores.postgres.schema import SCHEMA_VERSION
+from actors.stores.postgres.store import _PRUNE_SQL, PostgresJobStore
 from tests import pg_server
 from tests.pg_server import T0, make_job
 from tests.test_actors_support import wait_until

@@ -1,10 +1,10 @@
-"""``actors.redact``: the one helper that shows addresses and messages without secrets."""
+"""``actors.runtime.redact``: the one helper that shows addresses and messages without secrets."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.redact import hide_addresses, redact_text, redact_url, url_secrets
+from actors.runtime.redact import hide_addresses, redact_text, redact_url, url_secrets
 
 PASSWORD = "pw-canary-5c1b9e"
 TOKEN_USER = "tok-canary-8d2f41"

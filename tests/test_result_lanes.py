@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.jobs import Job, JobKind, JobState
-from actors.result_lanes import LaneState, PendingWrite, WriteLane
+from actors.model.jobs import Job, JobKind, JobState
+from actors.results.lanes import LaneState, PendingWrite, WriteLane
 
 
 def job(n: int, **changes: object) -> Job:

@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from actors import JobSystem, Settings
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.gunicorn_server import free_port
 from tests.postgrest_standin import PostgrestStandIn
 from tests.standin import PythonApiStandIn, Reply

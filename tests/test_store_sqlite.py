@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.jobs import Job, freeze, new_job_id
-from actors.sqlite_store import SCHEMA_VERSION, SqliteJobStore, StoreUnavailable
+from actors.model.jobs import Job, freeze, new_job_id
+from actors.stores.sqlite import SCHEMA_VERSION, SqliteJobStore, StoreUnavailable
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import wait_until
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from actors import JobKind, JobState, JobSystem, Settings, result_writer
-from actors.errors import ResultStoreUnavailable
-from actors.result_rows import row_id
-from actors.supabase_sink import ResultSink
+from actors import JobKind, JobState, JobSystem, Settings
+from actors.model.errors import ResultStoreUnavailable
+from actors.results import writer as result_writer
+from actors.results.rows import row_id
+from actors.results.supabase import ResultSink
 from tests.postgrest_standin import PostgrestStandIn
 from tests.standin import PythonApiStandIn
 from tests.supabase_support import ACME_ID, LOOM_URL, FixedClock, seeded, with_supabase

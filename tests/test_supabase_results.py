@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.result_rows import row_id
-from actors.store import open_store
+from actors.results.rows import row_id
+from actors.stores import open_store
 from tests.postgrest_standin import SERVICE_KEY, PostgrestStandIn
 from tests.standin import DEMO_VIDEO_URL, PythonApiStandIn, Reply
 from tests.supabase_support import (

@@ -7,10 +7,10 @@ import pytest
 from postgrest import APIError
 
 from actors import Job, JobKind, JobSystem, Settings
-from actors.errors import SettingsError
-from actors.jobs import freeze
-from actors.result_rows import ResultTables, result_rows, row_id, thumbnail_url, video_name
-from actors.supabase_sink import classify
+from actors.model.errors import SettingsError
+from actors.model.jobs import freeze
+from actors.results.rows import ResultTables, result_rows, row_id, thumbnail_url, video_name
+from actors.results.supabase import classify
 
 YOUTUBE_THUMB = "https://img.youtube.com/vi/dQw4w9WgXcQ/hqdefault.jpg"
 LOOM_ID = "0123456789abcdef0123456789abcdef"

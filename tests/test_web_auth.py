@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from actors import JobSystem
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.standin import PythonApiStandIn
 from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, token, wait_job
 from web import create_app, load_settings

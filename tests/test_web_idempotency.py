@@ -17,12 +17,12 @@ import pytest
 from flask.testing import FlaskClient
 
 from actors import JobKind, JobSystem, Settings
-from actors.errors import IdempotencyKeyTaken
-from actors.idempotency import IdempotencyKey
-from actors.jobs import Job, new_job_id
-from actors.sqlite_store import SqliteJobStore
-from actors.store import MemoryJobStore
-from actors.timers import Clock
+from actors.model.errors import IdempotencyKeyTaken
+from actors.model.idempotency import IdempotencyKey
+from actors.model.jobs import Job, new_job_id
+from actors.runtime.timers import Clock
+from actors.stores.memory import MemoryJobStore
+from actors.stores.sqlite import SqliteJobStore
 from tests.standin import PythonApiStandIn
 from tests.test_actors_support import wait_until
 from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from actors import JobSystem
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from tests.web_support import SECRET, bearer, make_app
 from web import WebSettings, load_settings
 from web.security import SECURITY_HEADERS

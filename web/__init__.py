@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from actors.errors import SettingsError
+from actors.model.errors import SettingsError
 from web import dashboard, events, health, jobs, metrics, openapi, queue, submit
 from web.auth import load_token_verifier
 from web.body import BodyLimit, reject_oversized

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from actors.jobs import Job
+from actors.model.jobs import Job
 from web.company_claims import BadCompanyClaims, Memberships, claimed_memberships
 from web.context import web_settings
 from web.errors import AuthRequired, NotAllowed

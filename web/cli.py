@@ -34,7 +34,7 @@ import click
 import requests
 from flask import Flask, Response, jsonify
 
-from actors.redact import redact_url
+from actors.runtime.redact import redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 KINDS = ("video", "qa")

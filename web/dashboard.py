@@ -7,7 +7,7 @@ that; polling stops while the tab is hidden) and draws per kind waiting, running
 job with its age), retrying, completed, failed; recent failures with their error; memory
 of this process and of the Python API against the thresholds; and the pause state, with
 pause and resume buttons that call ``POST /api/queue/<kind>/pause|resume``. Each running
-job and each failure says what it is (``actors.snapshot.describe_job``: company, owner,
+job and each failure says what it is (``actors.runtime.snapshot.describe_job``: company, owner,
 the video's URL or the question's first words); a failure has a Retry button that calls
 ``POST /api/queue/jobs/<kind>/<id>/retry`` and shows its outcome in place.
 
@@ -32,8 +32,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from actors.jobs import JobState
-from actors.snapshot import describe_job
+from actors.model.jobs import JobState
+from actors.runtime.snapshot import describe_job
 from web.auth import require_admin
 from web.context import job_system
 from web.present import iso, shown_error

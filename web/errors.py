@@ -22,7 +22,7 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
-from actors.errors import (
+from actors.model.errors import (
     DuplicateJob,
     IdempotencyKeyReused,
     JobNotFound,

@@ -12,7 +12,7 @@
 * ``POST /api/queue/events/token``: a short-lived token for ``?access_token=``
   (``web.stream_tokens``), since EventSource cannot send headers.
 
-Every event has an ``id`` from the job store's event log (``actors.events``). A client
+Every event has an ``id`` from the job store's event log (``actors.stores.events``). A client
 that reconnects with ``Last-Event-ID`` (or ``?lastEventId=``) gets every event after
 that one, none twice, on any instance of a shared store, after restarts too: events
 are read from the store, never from this process's memory. Open streams per caller and
@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from actors.errors import JobNotFound, QueueError, ShuttingDown
-from actors.events import EventFeed, JobEvent, Subscription
-from actors.jobs import FINISHED_STATES, Job, JobState
+from actors.model.errors import JobNotFound, QueueError, ShuttingDown
+from actors.model.events import JobEvent
+from actors.model.jobs import FINISHED_STATES, Job, JobState
+from actors.stores.events import EventFeed, Subscription
 from web.auth import Principal, current_principal, require_user
 from web.context import extension, job_system, web_settings
 from web.errors import ApiError, RequestInvalid
@@ -44,7 +45,7 @@ from web.sse import EventStream, StreamSettings
 from web.stream_tokens import events_links, mint, verify
 
 if TYPE_CHECKING:
-    from actors.store import JobStore
+    from actors.stores.base import JobStore
     from actors.system import JobSystem
 
 logger = logging.getLogger(__name__)

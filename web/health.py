@@ -24,7 +24,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from actors.redact import hide_addresses, redact_text
+from actors.runtime.redact import hide_addresses, redact_text
 from web.context import extension, job_system
 from web.present import instances_json, iso
 

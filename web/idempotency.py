@@ -39,7 +39,7 @@ from typing import Any, NoReturn, TypeVar
 
 from flask import Response, current_app, g, request
 
-from actors.idempotency import MAX_KEY_LENGTH, IdempotencyKey
+from actors.model.idempotency import MAX_KEY_LENGTH, IdempotencyKey
 from web.auth import current_principal
 from web.errors import ApiError, RequestInvalid
 

@@ -12,8 +12,8 @@ from typing import TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 
-from actors.errors import JobNotFound
-from actors.jobs import Job, JobKind, JobState
+from actors.model.errors import JobNotFound
+from actors.model.jobs import Job, JobKind, JobState
 from web.auth import current_principal, require_user
 from web.context import job_system
 from web.errors import RequestInvalid

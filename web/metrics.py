@@ -2,7 +2,7 @@
 
 One scrape renders, from a per-app ``CollectorRegistry``:
 
-* the job system's own registry (``actors.metrics.JobMetrics``): the counters and
+* the job system's own registry (``actors.runtime.metrics.JobMetrics``): the counters and
   histograms the actors record as things happen (submitted, finished by state, retried,
   attempt durations, queue waits);
 * ``SnapshotCollector``: gauges read from one ``JobSystem.snapshot()`` at scrape time
@@ -51,7 +51,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from werkzeug.exceptions import NotFound
 
-from actors.redact import redact_url
+from actors.runtime.redact import redact_url
 from web.auth import current_principal
 from web.context import extension
 from web.errors import NotAllowed

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from werkzeug.routing import Rule
 
-from actors.jobs import JobState
+from actors.model.jobs import JobState
 from web.idempotency import HEADER, REPLAYED_HEADER
 from web.models import ClientVideoBody, QuestionBody, VideoBody
 from web.responses import RESPONSE_MODELS

@@ -8,7 +8,7 @@ never ``NaN``.
 A job's ``lastError`` is a short category for its owner (``"timed out"``, ``"rejected by
 the processing service"``, ...: ``ERROR_CATEGORIES``) and the full text only for admins:
 the Python API's own error text can name its internals (paths, hosts, stack traces).
-Python API addresses are shown redacted (``actors.redact``), and not at all where the
+Python API addresses are shown redacted (``actors.runtime.redact``), and not at all where the
 caller may be anonymous (``instances_json(..., addresses=False)`` for ``/health``).
 """
 
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, has_request_context, jsonify
 
-from actors.jobs import Job, JobState, thaw
-from actors.redact import redact_url
-from actors.result_writer import STORE_FAILED_PREFIX
+from actors.model.jobs import Job, JobState, thaw
+from actors.results.writer import STORE_FAILED_PREFIX
+from actors.runtime.redact import redact_url
 from web.auth import current_principal
 from web.stream_tokens import events_links
 

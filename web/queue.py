@@ -16,7 +16,7 @@ from typing import Any
 from cachetools import TTLCache
 from flask import Blueprint, Response, current_app, jsonify
 
-from actors.jobs import FINISHED_STATES, JobKind, JobState
+from actors.model.jobs import FINISHED_STATES, JobKind, JobState
 from web.auth import current_principal, require_admin, require_user
 from web.context import job_system
 from web.present import instances_json, iso

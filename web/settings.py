@@ -1,6 +1,6 @@
 """Settings of the web layer, read once from the environment together with the core's.
 
-``load_settings`` reads ``actors.settings.Settings`` and ``WebSettings`` through one
+``load_settings`` reads ``actors.model.settings.Settings`` and ``WebSettings`` through one
 ``EnvReader`` so that a bad deployment is told about every bad variable at once.
 
 Decisions worth knowing (the README's configuration table repeats them):
@@ -39,10 +39,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from actors.errors import SettingsError
-from actors.logs import JsonFormatter
-from actors.redact import redact_text, url_secrets
-from actors.settings import EnvReader, Settings, merged_environ, warn_superseded
+from actors.model.errors import SettingsError
+from actors.model.settings import EnvReader, Settings, merged_environ, warn_superseded
+from actors.runtime.logs import JsonFormatter
+from actors.runtime.redact import redact_text, url_secrets
 from web.sse import StreamSettings
 from web.video_urls import is_ip_literal, valid_hostname
 
@@ -238,7 +238,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     A URL's user information is hidden whole (``redis://***@host``; a token is often the
     user name), and so are the values of ``password``, ``token``, ``key`` and similar query
     parameters. Secrets shorter than 4 characters are not searched for: no message quotes
-    one, and replacing them would garble the text. The one helper is ``actors.redact``.
+    one, and replacing them would garble the text. The one helper is ``actors.runtime.redact``.
     """
     return redact_text(text, secrets)
 

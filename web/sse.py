@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.settings import EnvReader
+    from actors.model.settings import EnvReader
 
 KEEPALIVE = b": keepalive\n\n"
 MAX_BUFFER_BYTES = 1024 * 1024

@@ -31,7 +31,7 @@ from web.context import extension, web_settings
 from web.errors import AuthRequired
 
 if TYPE_CHECKING:
-    from actors.jobs import Job
+    from actors.model.jobs import Job
 
 logger = logging.getLogger(__name__)
 

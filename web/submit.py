@@ -12,8 +12,8 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from actors.errors import UnknownCompany
-from actors.jobs import JobKind
+from actors.model.errors import UnknownCompany
+from actors.model.jobs import JobKind
 from web.auth import current_principal, require_user
 from web.body import read_json
 from web.context import job_system, web_settings

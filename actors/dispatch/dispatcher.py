@@ -1,0 +1,642 @@
+"""The Dispatcher actor: one global order across kinds, per-kind slots, retries, pauses.
+
+It owns the waiting order, the worker pools and the retry timers; the
+JobRegistry owns the records, and is told of every state change. Every
+decision happens on this actor's thread, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.dispatch.attempts import ANSWERED, BEFORE, CALLING, AttemptCall
+from actors.dispatch.scheduling import (
+    DurationEstimate,
+    WaitingQueue,
+    backoff_delay_s,
+    estimate_wait_s,
+)
+from actors.model.jobs import Job, JobKind, JobState
+from actors.model.messages import (
+    AttachWatchdog,
+    AttemptDeadline,
+    AttemptOverdue,
+    CancelJob,
+    CheckInstances,
+    CheckMemory,
+    Drain,
+    Enqueue,
+    EstimateWait,
+    Inspect,
+    InstanceMemory,
+    JobFailed,
+    JobSucceeded,
+    Pause,
+    QueuePosition,
+    RecordResult,
+    Resume,
+    RetryDue,
+    RevivePool,
+    RunJob,
+    StopWorkers,
+    StoreResult,
+    Transition,
+    WorkerCrashed,
+)
+from actors.model.settings import Settings
+from actors.results.supabase import CompanyResolver
+from actors.runtime.logs import job_fields
+from actors.runtime.metrics import JobMetrics
+from actors.runtime.snapshot import describe_job
+from actors.runtime.timers import Clock, TimerHandle, TimerService
+from actors.runtime.tracked import TrackedActor
+from actors.work.instances import InstanceSet
+from actors.work.pool import WorkerPool
+from actors.work.python_api import PythonApiClient
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DURATION_S = {JobKind.VIDEO: 180.0, JobKind.QA: 10.0}
+"""Duration estimates used until real attempts have been observed."""
+
+
+@dataclass
+class _Running:
+    """An attempt holding a slot: running, or abandoned at its deadline (call still open)."""
+
+    job: Job
+    worker_id: str
+    started: float
+    timer: TimerHandle  # the deadline, then (abandoned) the end of the hold
+    instance: str
+    call: AttemptCall
+    abandoned: bool = False  # at its deadline the Python API was still at it
+    lease_lost: bool = False  # shared queue: its lease could not be renewed (fenced or lost)
+
+
+class Dispatcher(TrackedActor):
+    """Chooses the next job, hands it to a free worker, and decides what follows its attempt."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: pykka.ActorRef[Any],
+        clients: Mapping[str, PythonApiClient],
+        timers: TimerService,
+        clock: Clock,
+        rng: random.Random | None = None,
+        metrics: JobMetrics | None = None,
+        threads: list[threading.Thread] | None = None,
+        writer: pykka.ActorRef[Any] | None = None,
+        resolver: CompanyResolver | None = None,
+    ) -> None:
+        super().__init__(threads=threads)
+        self.writer = writer  # the ResultWriter when results go to Supabase, else None
+        self.resolver = resolver
+        self.metrics = metrics or JobMetrics()
+        self.queued_since: dict[str, float] = {}  # job id -> when it (re)entered the queue
+        self.settings = settings
+        self.registry = registry
+        self.clients = clients
+        self.instances = InstanceSet(
+            tuple(clients), {kind: settings.limits(kind).max_concurrent for kind in JobKind},
+            failure_threshold=settings.breaker_failures, open_s=settings.breaker_open_s)
+        self.avoid: dict[str, str] = {}  # job id -> instance its last attempt broke on
+        self.watchdog: pykka.ActorRef[Any] | None = None
+        self.timers = timers
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.waiting = WaitingQueue(settings.aging_s)
+        self.running: dict[str, _Running] = {}
+        self.retrying: dict[str, tuple[Job, TimerHandle]] = {}
+        self.paused: dict[JobKind, set[str]] = {kind: set() for kind in JobKind}
+        self.durations = {kind: DurationEstimate(DEFAULT_DURATION_S[kind]) for kind in JobKind}
+        self.pools: dict[JobKind, WorkerPool] = {}
+        self.draining = False
+        self._idle_events: list[threading.Event] = []
+
+    def __repr__(self) -> str:
+        return (f"<Dispatcher waiting={len(self.waiting)} running={len(self.running)}"
+                f" retrying={len(self.retrying)} paused={self._paused_kinds()}>")
+
+    def on_start(self) -> None:
+        """Start one worker pool per kind: its limit per instance, times the instances."""
+        super().on_start()
+        for kind in JobKind:
+            pool = WorkerPool(
+                kind,
+                self.settings.limits(kind).max_concurrent * len(self.clients),
+                dispatcher=self.actor_ref,
+                clients=self.clients,
+                clock=self.clock,
+                max_restarts=self.settings.worker_max_restarts,
+                restart_window_s=self.settings.worker_restart_window_s,
+                threads=self._threads,
+                resolver=self.resolver,
+            )
+            pool.start()
+            self.pools[kind] = pool
+
+    def on_stop(self) -> None:
+        """Stop anything still running (normally the facade has stopped the workers)."""
+        for pool in self.pools.values():
+            pool.stop(timeout_s=1.0)
+        for _, handle in self.retrying.values():
+            handle.cancel()
+        for entry in self.running.values():
+            entry.timer.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        """Route one message."""
+        match message:
+            case Enqueue(jobs=jobs, reply=reply):
+                for job in jobs:
+                    self._enqueue(job)
+                self._dispatch()
+                if reply is not None:  # a submitter waits: where its job stands now
+                    reply.set((jobs[0], self._position(jobs[0].id, jobs[0].kind)))
+            case JobSucceeded():
+                self._on_succeeded(message)
+            case JobFailed():
+                self._on_failed(message)
+            case WorkerCrashed():
+                self._on_crashed(message)
+            case AttemptDeadline(job_id=job_id, attempt=attempt):
+                self._on_deadline(job_id, attempt)
+            case AttemptOverdue(job_id=job_id, attempt=attempt):
+                self._on_overdue(job_id, attempt)
+            case InstanceMemory():
+                self._on_instance_memory(message)
+            case CheckInstances():
+                if self.instances.half_open(self.clock.monotonic()) and self.watchdog:
+                    self.watchdog.tell(CheckMemory())  # the probe: costs no job an attempt
+            case AttachWatchdog(watchdog=watchdog):
+                self.watchdog = watchdog
+            case RetryDue(job_id=job_id):
+                self._on_retry_due(job_id)
+            case RevivePool(kind=kind):
+                if not self.draining and self.pools[kind].failed:
+                    self.pools[kind].revive()
+                    self._dispatch()
+            case CancelJob(job_id=job_id):
+                return self._cancel(job_id)
+            case Pause(kind=kind, reason=reason):
+                self._pause(kind, reason)
+            case Resume(kind=kind, reason=reason):
+                self._resume(kind, reason)
+            case QueuePosition(job_id=job_id):
+                return self._position(job_id)
+            case EstimateWait(kind=kind, position=position):
+                return self._estimate(kind, position)
+            case Drain(idle=idle):
+                self.draining = True
+                self._idle_events.append(idle)
+                self._check_idle()
+            case StopWorkers(timeout_s=timeout_s):
+                # Workers only ever tell the Dispatcher, never ask it, so waiting on
+                # their stop here cannot deadlock.
+                self.draining = True
+                for pool in self.pools.values():
+                    pool.stop(timeout_s)
+            case Inspect():
+                return self._inspect()
+            case _:
+                return super().on_receive(message)
+        return None
+
+    # --- dispatching ---------------------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        if job.state == JobState.PROCESSING and job.result is not None:
+            self._restore_processed(job, job.result)
+            return
+        if job.state == JobState.RETRYING:
+            # Recovered from the store: re-arm its timer from the stored due time.
+            delay = max(0.0, (job.next_attempt_at or 0.0) - self.clock.time())
+            handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
+            self.retrying[job.id] = (job, handle)
+        else:
+            self.waiting.push(job)
+            self.queued_since[job.id] = self.clock.time()
+
+    def _dispatchable_kinds(self) -> list[JobKind]:
+        now = self.clock.monotonic()
+        return [
+            kind for kind, pool in self.pools.items()
+            if pool.has_idle and not self.paused[kind] and self.waiting.count(kind)
+            and self.instances.has_room(kind, now)
+        ]
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs while some kind has both a waiting job and a free slot."""
+        while not self.draining:
+            kinds = self._dispatchable_kinds()
+            if not kinds:
+                return
+            job = self.waiting.pop_next(kinds, self.clock.time())
+            if job is None:
+                return
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        """Count the attempt on a job taken from the local queue, then launch it."""
+        now = self.clock.time()
+        self.metrics.attempt_started(job.kind, now - self.queued_since.pop(job.id, now))
+        job = job.replace(state=JobState.PROCESSING, attempts=job.attempts + 1, started_at=now)
+        self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
+                                      attempts=job.attempts))
+        self._launch(job)
+
+    def _launch(self, job: Job, *, hold_from: float | None = None) -> None:
+        """Hand a job already marked processing (its attempt counted) to a free worker.
+
+        ``hold_from`` (monotonic) is where an abandoned call's hold starts, if not now.
+        """
+        attempt = job.attempts
+        instance = self.instances.choose(job.kind, self.clock.monotonic(),
+                                         avoid=self.avoid.pop(job.id, None))
+        assert instance is not None  # the caller checked there is room
+        self.instances.started(instance, job.kind)
+        worker_id, worker = self.pools[job.kind].acquire(job.id)
+        s = self.settings
+        call = AttemptCall(job.id, attempt, timeout_s=s.job_timeout_s, hold_s=s.call_hold_s,
+                           hold_from=hold_from)
+        deadline = self.timers.tell_later(s.job_timeout_s, self.actor_ref,
+                                          AttemptDeadline(job_id=job.id, attempt=attempt))
+        self.running[job.id] = _Running(job, worker_id, self.clock.monotonic(), deadline,
+                                        instance.url, call)
+        logger.info("job %s (%s) attempt %d/%d started on %s at %s", job.id, job.kind.value,
+                    attempt, job.max_attempts, worker_id, instance.url,
+                    extra=job_fields(job.id, job.kind, "started", attempt))
+        worker.tell(RunJob(job_id=job.id, data=job.data, attempt=attempt, call=call,
+                           instance=instance.url))
+
+    def _on_deadline(self, job_id: str, attempt: int) -> None:
+        """End the attempt at its deadline, or hold its slot while the Python API works on it.
+
+        The Python API does not stop when its client leaves: a call it is working on
+        is *abandoned* (shown apart) but keeps its slot and is still read, so its
+        answer, however late, is the attempt's outcome; the client cuts it at the hold.
+        """
+        entry = self.running.get(job_id)
+        if entry is None or entry.job.attempts != attempt:
+            return  # it reported meanwhile
+        grace = self.settings.overdue_grace_s
+        phase = entry.call.expire()  # from now on this attempt never sends a call
+        if phase == BEFORE:
+            # Nothing was sent, and nothing will be: the worker is stuck before its call
+            # (a company lookup that trickles). End the attempt and retire the worker.
+            logger.error("job %s: attempt %d reached its %gs deadline before calling the"
+                         " Python API; ended, worker %s retired", job_id, attempt,
+                         self.settings.job_timeout_s, entry.worker_id,
+                         extra=job_fields(job_id, entry.job.kind, "deadline", attempt))
+            self._retire(entry)
+            self._retry_or_fail(entry.job, "DeadlineExceeded: the deadline passed before the"
+                                " Python API was called", True, None)
+            self._after_outcome()
+            return
+        if phase == CALLING:
+            entry.abandoned = True
+            self.metrics.call_abandoned(entry.job.kind)
+            logger.warning("job %s: attempt %d past its %gs deadline while the Python API"
+                           " works on it; call abandoned, its slot held until it answers or"
+                           " for %.0fs more", job_id, attempt, self.settings.job_timeout_s,
+                           max(0.0, entry.call.hold_left()),
+                           extra=job_fields(job_id, entry.job.kind, "abandoned", attempt))
+            wait_s = max(0.0, entry.call.hold_left()) + grace
+        else:
+            if phase == ANSWERED:  # the Python API is done; only the body still trickles
+                entry.call.cut("deadline")
+            wait_s = grace
+        # A safety net: a worker that does not report by then is presumed dead.
+        entry.timer = self.timers.tell_later(wait_s, self.actor_ref,
+                                             AttemptOverdue(job_id=job_id, attempt=attempt))
+
+    def _retire(self, entry: _Running) -> None:
+        """Free the slot of an attempt whose worker will not report, and replace the worker.
+
+        Only when no call of the attempt is open: it never began (and is sealed), or
+        it was cut at its hold. The worker's thread may still wake; it can no longer
+        send anything, and whatever it reports is ignored.
+        """
+        del self.running[entry.job.id]
+        entry.timer.cancel()
+        self._instance_ended(entry, broke=False)
+        self.pools[entry.job.kind].replace(entry.worker_id, allowed=not self.draining)
+        self._revive_later(self.pools[entry.job.kind])
+
+    def _revive_later(self, pool: WorkerPool) -> None:
+        """Schedule a failed pool's revival (once), after its backoff."""
+        if pool.failed and not pool.revival_due and not self.draining:
+            pool.revival_due = True
+            logger.error("%s pool: restarts used up; its workers start again in %.0fs",
+                         pool.kind.value, pool.revive_after_s)
+            self.timers.tell_later(pool.revive_after_s, self.actor_ref,
+                                   RevivePool(kind=pool.kind))
+
+    # --- outcomes ------------------------------------------------------------------
+
+    def _finish_attempt(self, job_id: str, worker_id: str) -> _Running | None:
+        entry = self.running.get(job_id)
+        if entry is None or entry.worker_id != worker_id:
+            logger.warning("outcome for job %s from %s ignored: not running there", job_id,
+                           worker_id)
+            for pool in self.pools.values():  # a superseded attempt: its worker is free now
+                if pool.job_of(worker_id) == job_id:
+                    pool.release(worker_id)
+            return None
+        del self.running[job_id]
+        entry.timer.cancel()
+        self.pools[entry.job.kind].release(worker_id)
+        if entry.abandoned:
+            self.metrics.abandoned_call_ended(entry.job.kind)
+            logger.warning("job %s: abandoned call ended %.1fs after it started; slot free",
+                           job_id, self.clock.monotonic() - entry.started,
+                           extra=job_fields(job_id, entry.job.kind, "call ended",
+                                            entry.job.attempts))
+        return entry
+
+    def _instance_ended(self, entry: _Running, *, broke: bool) -> None:
+        if self.instances.ended(entry.instance, entry.job.kind, broke=broke,
+                                now=self.clock.monotonic()):
+            wait_s = self.instances.next_change(self.clock.monotonic()) or 0.0
+            logger.error("Python API %s: breaker open for %.0fs after repeated failures",
+                         entry.instance, wait_s)
+            self.timers.tell_later(wait_s, self.actor_ref, CheckInstances())
+
+    def _on_succeeded(self, message: JobSucceeded) -> None:
+        entry = self._finish_attempt(message.job_id, message.worker_id)
+        if entry is not None:
+            self._instance_ended(entry, broke=False)
+            self.durations[entry.job.kind].observe(message.duration_s)
+            self.metrics.attempt_ended(entry.job.kind, message.duration_s)
+            if self.writer is not None:
+                self._store_result(entry.job, message)
+            else:
+                self.registry.tell(Transition(job_id=message.job_id, target=JobState.COMPLETED,
+                                              at=self.clock.time(), result=message.result,
+                                              running=entry.job))
+                logger.info("job %s completed in %.2fs", message.job_id, message.duration_s,
+                            extra=job_fields(message.job_id, entry.job.kind, "completed",
+                                             entry.job.attempts))
+        self._after_outcome()
+
+    def _restore_processed(self, job: Job, result: Mapping[str, Any]) -> None:
+        """Finish a job that was processed but whose result is not stored yet.
+
+        Found so after a restart or a lapsed lease, or retried by an operator after its
+        writes were used up (the registry hands it over ``processing`` with its result).
+        """
+        if self.writer is not None:
+            self.writer.tell(StoreResult(job=job, result=result, at=self.clock.time()))
+        else:  # Supabase switched off since: the job store is where results live now
+            self.registry.tell(Transition(job_id=job.id, target=JobState.COMPLETED,
+                                          at=self.clock.time(), result=result))
+        logger.warning("job %s: processed before, its result not stored; storing it, not"
+                       " processing again", job.id,
+                       extra=job_fields(job.id, job.kind, "recovered", job.attempts))
+
+    def _store_result(self, job: Job, message: JobSucceeded) -> None:
+        """Hand the result to the ResultWriter; the job stays processing until it is stored.
+
+        The slot is already free: storing never holds the Python API.
+        """
+        assert self.writer is not None
+        # Kept on the record first, so a crash before the rows are written does not
+        # send the video to the Python API again.
+        self.registry.tell(RecordResult(job_id=job.id, result=message.result))
+        try:
+            self.writer.tell(StoreResult(job=job, result=message.result, at=self.clock.time()))
+        except pykka.ActorDeadError:
+            # Only at shutdown: the job stays processing and runs again after a restart.
+            logger.error("job %s: result writer gone; result dropped", job.id)
+            return
+        logger.info("job %s processed in %.2fs; storing its result", job.id, message.duration_s,
+                    extra=job_fields(job.id, job.kind, "processed", job.attempts))
+
+    def _on_failed(self, message: JobFailed) -> None:
+        entry = self._finish_attempt(message.job_id, message.worker_id)
+        if entry is not None:
+            self._instance_ended(entry, broke=message.broke)
+            self.metrics.attempt_ended(entry.job.kind, message.duration_s)
+            error = f"{message.error_type}: {message.error}"
+            if message.broke:
+                self.avoid[entry.job.id] = entry.instance
+            retryable = message.retryable
+            if message.error_type == "DeadlineExceeded" and not self._may_retry_cut(entry):
+                retryable = False
+                error += ("; not retried: the Python API may still be processing it"
+                          " (QUEUE_RETRY_TIMED_OUT_VIDEOS)")
+            if message.error_type == "ShutdownCut":
+                self._on_shutdown_cut(entry, error)
+            else:
+                self._retry_or_fail(entry.job, error, retryable, message.retry_after_s)
+        self._after_outcome()
+
+    def _on_crashed(self, message: WorkerCrashed) -> None:
+        pool = next((p for p in self.pools.values() if p.owns(message.worker_id)), None)
+        if pool is not None:
+            pool.replace(message.worker_id, allowed=not self.draining)
+            self._revive_later(pool)
+        entry = self.running.get(message.job_id) if message.job_id else None
+        if entry is not None and entry.worker_id == message.worker_id:
+            del self.running[entry.job.id]
+            entry.timer.cancel()
+            self._instance_ended(entry, broke=False)
+            # The crash killed an attempt: it counts, and the job is retried if it may be.
+            self._retry_or_fail(entry.job, f"WorkerCrashed: {message.error}",
+                                self._may_retry_cut(entry), None)
+        self._after_outcome()
+
+    def _on_shutdown_cut(self, entry: _Running, error: str) -> None:
+        """A call cut because this process stops: retry it only once its hold is over.
+
+        The Python API goes on with it, so a retry before the hold ends would run it
+        twice at once. The floor is kept in the store (``next_attempt_at``): a restart
+        honours it too.
+        """
+        hold_left_s = max(0.0, entry.call.hold_left())
+        self._retry_or_fail(entry.job, error, True, None, not_before_s=hold_left_s)
+
+    def _may_retry_cut(self, entry: _Running) -> bool:
+        """Whether an attempt cut while the Python API was at it may be tried again.
+
+        A video still processing at the end of its hold is most likely too long for
+        the deadline, and most likely still being processed: sending it again would
+        run it twice. Questions are short: they are retried (the hold bounds overlap).
+        """
+        still_at_it = entry.abandoned or entry.call.cut_reason == "hold"
+        return (not still_at_it or entry.job.kind != JobKind.VIDEO
+                or self.settings.retry_timed_out_videos)
+
+    def _on_overdue(self, job_id: str, attempt: int) -> None:
+        entry = self.running.get(job_id)
+        if entry is None or entry.job.attempts != attempt:
+            return  # it reported meanwhile
+        logger.error("job %s: worker %s silent long past the deadline; presumed dead", job_id,
+                     entry.worker_id)
+        entry.call.cut("presumed dead")  # and sealed: its thread may wake, never to call
+        self._on_crashed(WorkerCrashed(worker_id=entry.worker_id, job_id=job_id,
+                                       error="no report long past the attempt deadline"))
+
+    def _retry_or_fail(self, job: Job, error: str, retryable: bool,
+                       retry_after_s: float | None, *, not_before_s: float = 0.0) -> None:
+        now = self.clock.time()
+        if retryable and job.attempts < job.max_attempts:
+            broken_on = self.avoid.get(job.id)
+            other = (self.instances.choose(job.kind, self.clock.monotonic(), avoid=broken_on)
+                     if broken_on else None)
+            # Its instance broke and another can take it: retry there now, not after backoff.
+            delay = 0.0 if other is not None and other.url != broken_on else backoff_delay_s(
+                job.attempts,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                jitter=self.settings.backoff_jitter,
+                retry_after_s=retry_after_s,
+                rng=self.rng,
+            )
+            delay = max(delay, not_before_s)  # a strict floor, past any cap
+            retry = job.replace(state=JobState.RETRYING, last_error=error,
+                                next_attempt_at=now + delay)
+            handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
+            self.retrying[job.id] = (retry, handle)
+            self.metrics.attempt_retried(job.kind)
+            self.registry.tell(Transition(job_id=job.id, target=JobState.RETRYING, at=now,
+                                          error=error, next_attempt_at=now + delay,
+                                          retry_delay_s=delay, running=job))
+            logger.info("job %s attempt %d failed (%s); retry in %.2fs", job.id, job.attempts,
+                        error, delay, extra=job_fields(job.id, job.kind, "retrying", job.attempts))
+        else:
+            self.avoid.pop(job.id, None)
+            why = "permanent failure" if not retryable else "attempts used up"
+            self.registry.tell(Transition(job_id=job.id, target=JobState.FAILED, at=now,
+                                          error=error, running=job))
+            logger.warning("job %s failed after %d attempt(s), %s: %s", job.id, job.attempts,
+                           why, error, extra=job_fields(job.id, job.kind, "failed", job.attempts))
+
+    def _on_retry_due(self, job_id: str) -> None:
+        pending = self.retrying.pop(job_id, None)
+        if pending is None:
+            return  # cancelled meanwhile
+        job = pending[0].replace(state=JobState.QUEUED, next_attempt_at=None)
+        self.registry.tell(Transition(job_id=job_id, target=JobState.QUEUED, at=self.clock.time()))
+        self.waiting.push(job)
+        self.queued_since[job_id] = self.clock.time()
+        self._dispatch()
+
+    def _after_outcome(self) -> None:
+        self._dispatch()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.draining and not self.running:
+            for event in self._idle_events:
+                event.set()
+            self._idle_events.clear()
+
+    # --- control -------------------------------------------------------------------
+
+    def _cancel(self, job_id: str) -> bool:
+        job = self.waiting.remove(job_id)
+        self.queued_since.pop(job_id, None)
+        self.avoid.pop(job_id, None)
+        if job is None and job_id in self.retrying:
+            job, handle = self.retrying.pop(job_id)
+            handle.cancel()
+        if job is None:
+            return False
+        self.registry.tell(Transition(job_id=job_id, target=JobState.CANCELLED,
+                                      at=self.clock.time()))
+        logger.info("job %s cancelled", job_id,
+                    extra=job_fields(job_id, job.kind, "cancelled", job.attempts))
+        return True
+
+    def _on_instance_memory(self, message: InstanceMemory) -> None:
+        instance = self.instances.get(message.url)
+        if instance is None:
+            return
+        instance.memory_mb = message.memory_mb
+        now = self.clock.monotonic()
+        probe = self.instances.probed(message.url, message.answered, now)
+        if probe == "closed":
+            logger.warning("Python API %s answered its probe: breaker closed", message.url)
+        elif probe == "open":
+            wait_s = self.instances.next_change(now) or 0.0
+            logger.error("Python API %s silent on its probe: breaker open for %.0fs",
+                         message.url, wait_s)
+            self.timers.tell_later(wait_s, self.actor_ref, CheckInstances())
+        if instance.pressure != message.pressure:
+            instance.pressure = message.pressure
+            logger.warning("Python API %s: memory %s MB, video %s there", message.url,
+                           message.memory_mb, "paused" if message.pressure else "resumed")
+        self._dispatch()
+
+    def _pause(self, kind: JobKind, reason: str) -> None:
+        if reason not in self.paused[kind]:
+            self.paused[kind].add(reason)
+            logger.warning("%s dispatch paused (%s)", kind.value, reason)
+
+    def _resume(self, kind: JobKind, reason: str) -> None:
+        if reason in self.paused[kind]:
+            self.paused[kind].discard(reason)
+            left = sorted(self.paused[kind])
+            logger.warning("%s dispatch: %s pause lifted%s", kind.value, reason,
+                           f", still paused by {left}" if left else "; resumed")
+            self._dispatch()
+
+    def _paused_kinds(self) -> list[str]:
+        return [kind.value for kind, reasons in self.paused.items() if reasons]
+
+    # --- questions -----------------------------------------------------------------
+
+    def _estimate(self, kind: JobKind, position: int) -> float:
+        running = sum(1 for entry in self.running.values() if entry.job.kind == kind)
+        return estimate_wait_s(position, running=running, slots=self.pools[kind].size,
+                               duration_s=self.durations[kind].seconds)
+
+    def _position(self, job_id: str, kind: JobKind | None = None) -> tuple[int, float] | None:
+        position = self.waiting.position(job_id, self.clock.time())
+        if position is None:
+            return None
+        job = self.waiting.get(job_id)
+        assert job is not None  # it has a position
+        return position, self._estimate(job.kind, position)
+
+    def _inspect(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        kinds: dict[str, Any] = {}
+        for kind in JobKind:
+            kinds[kind.value] = {
+                "waiting": self.waiting.count(kind),
+                "running": sum(1 for e in self.running.values()
+                               if e.job.kind == kind and not (e.abandoned or e.lease_lost)),
+                "abandoned": sum(1 for e in self.running.values()
+                                 if e.job.kind == kind and (e.abandoned or e.lease_lost)),
+                "retrying": sum(1 for j, _ in self.retrying.values() if j.kind == kind),
+                "paused": bool(self.paused[kind]),
+                "pause_reasons": sorted(self.paused[kind]),
+                "avg_duration_s": self.durations[kind].value_s,
+            }
+        return {
+            "draining": self.draining,
+            "kinds": kinds,
+            "running_jobs": [
+                {"job_id": job_id, "kind": e.job.kind.value, **describe_job(e.job),
+                 "worker": e.worker_id,
+                 "attempt": e.job.attempts, "age_s": round(now - e.started, 3),
+                 "abandoned": e.abandoned or e.lease_lost, "call": e.call.phase}
+                for job_id, e in self.running.items()
+            ],
+            "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},
+            "instances": self.instances.describe(),
+            "all_instances_open": self.instances.all_open(self.clock.monotonic()),
+        }
+

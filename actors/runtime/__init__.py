@@ -1,0 +1,1 @@
+"""Plumbing every part uses: clocks and timers, thread tracking, logs, metrics, snapshots."""

@@ -1,0 +1,1 @@
+"""The shared PostgreSQL store: schema, claims and leases, fencing, events, wake-ups."""

@@ -1,0 +1,1 @@
+"""Calls to the Python API: worker pools, workers, the client, instances, the memory watchdog."""
