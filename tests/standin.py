@@ -37,6 +37,32 @@ DEFAULT_MEMORY_MB = 500.0
 DEFAULT_ANSWER = "This is the answer."
 _METHOD = {"process-video": "POST", "ask-question": "POST", "health": "GET", "memory-status": "GET"}
 _REQUIRED = {"process-video": ("video_url",), "ask-question": ("question", "company_name")}
+WORK = ("process-video", "ask-question")
+"""The endpoints that load the Python API (its knee counts their requests together)."""
+
+
+@dataclass(frozen=True)
+class Knee:
+    """An overload knee: above ``limit`` work requests in progress the stand-in degrades.
+
+    A request that arrives while more than ``limit`` work requests (both kinds, itself
+    included) are unanswered is *overloaded*: it takes ``slowdown`` times its latency,
+    and every ``fail_every``-th overloaded request fails, alternating the statuses in
+    ``statuses`` (deterministic, so tests need no luck).
+
+    Attributes:
+        limit: Work requests in progress the stand-in takes without degrading.
+        slowdown: Latency factor of an overloaded request.
+        fail_every: 1: every overloaded request fails; 2: every other one; 0: none.
+        statuses: Failure statuses, used in turn.
+        retry_after: ``Retry-After`` of a 429/503 failure, or None.
+    """
+
+    limit: int
+    slowdown: float = 5.0
+    fail_every: int = 2
+    statuses: tuple[int, ...] = (500, 503)
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +207,10 @@ class PythonApiStandIn(LoopbackServer):
         self._max_in_flight = dict.fromkeys(ENDPOINTS, 0)
         self._unanswered = dict.fromkeys(ENDPOINTS, 0)
         self._max_unanswered = dict.fromkeys(ENDPOINTS, 0)
+        self._knee: Knee | None = None
+        self._overloaded = 0
+        self._failed: dict[int, int] = {}
+        self._max_work = 0
 
     # lifecycle
     def _on_stop(self) -> None:
@@ -223,6 +253,10 @@ class PythonApiStandIn(LoopbackServer):
             self._memory_mb, self._memory_status = memory_mb, status
         self._control(_set)
 
+    def set_knee(self, knee: Knee | None) -> None:
+        """Degrade above ``knee.limit`` work requests in progress (None: never)."""
+        self._control(lambda: setattr(self, "_knee", knee))
+
     def set_answer(self, answer: str) -> None:
         """Set the default answer text of ask-question."""
         self._control(lambda: setattr(self, "_answer_text", answer))
@@ -241,6 +275,8 @@ class PythonApiStandIn(LoopbackServer):
             # Requests still running stay in flight; only the high-water mark starts over.
             self._max_in_flight = dict(self._in_flight)
             self._max_unanswered = dict(self._unanswered)
+            self._knee, self._overloaded, self._failed = None, 0, {}
+            self._max_work = sum(self._unanswered[ep] for ep in WORK)
             self._cond.notify_all()
 
     # observation
@@ -264,6 +300,21 @@ class PythonApiStandIn(LoopbackServer):
         """
         with self._cond:
             return self._max_unanswered[_checked(endpoint)]
+
+    def max_unanswered_work(self) -> int:
+        """Highest number of work requests (both kinds) received and not yet answered."""
+        with self._cond:
+            return self._max_work
+
+    def overloaded(self) -> int:
+        """How many requests arrived above the knee (slowed, some failed)."""
+        with self._cond:
+            return self._overloaded
+
+    def failed_by_knee(self) -> dict[int, int]:
+        """How many failures the knee answered, by status."""
+        with self._cond:
+            return dict(self._failed)
 
     def calls(self, endpoint: str | None = None) -> list[Call]:
         """Requests received, in arrival order; of every endpoint when endpoint is None."""
@@ -297,8 +348,12 @@ class PythonApiStandIn(LoopbackServer):
             self._max_unanswered[endpoint] = max(self._max_unanswered[endpoint],
                                                  self._unanswered[endpoint])
             reply = Reply(delay_s=self._latency_s[endpoint])
+            work = sum(self._unanswered[ep] for ep in WORK)
+            self._max_work = max(self._max_work, work)
             if detail is None and self._scripts[endpoint]:
                 reply = self._scripts[endpoint].popleft()
+            elif detail is None and endpoint in WORK and self._knee and work > self._knee.limit:
+                reply = self._over_knee(self._knee, reply)
             gate = self._gates[endpoint]
             held = endpoint in self._held and detail is None
             self._cond.notify_all()
@@ -337,6 +392,19 @@ class PythonApiStandIn(LoopbackServer):
                 if call.index < len(self._calls) and self._calls[call.index] is call:
                     self._calls[call.index] = replace(call, finished_at=time.monotonic())
                 self._cond.notify_all()
+
+    def _over_knee(self, knee: Knee, reply: Reply) -> Reply:
+        """The answer of a request that arrived above the knee (holding the lock)."""
+        self._overloaded += 1
+        slow = replace(reply, delay_s=reply.delay_s * knee.slowdown)
+        if not knee.fail_every or self._overloaded % knee.fail_every:
+            return slow
+        failures = sum(self._failed.values())
+        status = knee.statuses[failures % len(knee.statuses)]
+        self._failed[status] = self._failed.get(status, 0) + 1
+        headers = ({"Retry-After": knee.retry_after}
+                   if knee.retry_after is not None and status in (429, 503) else {})
+        return replace(slow, status=status, headers=headers)
 
     def _body(self, reply: Reply, endpoint: str, company: str, request: Any) -> Any:
         """The scripted body, or the plausible default answer of endpoint."""

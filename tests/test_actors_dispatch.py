@@ -141,7 +141,9 @@ def test_a_bad_priority_is_refused(job_system: JobSystem) -> None:
 def test_limits_are_never_exceeded_as_counted_by_the_standin(
     fast_settings: Settings, standin: PythonApiStandIn
 ) -> None:
-    settings = fast_settings.replace(max_concurrent_videos=2, max_concurrent_qa=3)
+    # The static limits (adaptive capacity starts lower: tests/test_adaptive_capacity.py).
+    settings = fast_settings.replace(max_concurrent_videos=2, max_concurrent_qa=3,
+                                     adaptive_concurrency=False)
     standin.hold("process-video")
     standin.hold("ask-question")
     with started(settings) as system:

@@ -121,9 +121,10 @@ def test_position_and_order_agree_with_a_full_sort_under_aging(seed: int) -> Non
     for item in rng.sample(jobs, 40):  # withdrawn (cancelled or started)
         queue.remove(item.id)
     retried = rng.sample([j for j in jobs if j.id in queue], 20)
-    for item in retried:  # back at their own place
-        queue.remove(item.id)
-        queue.push(item)
+    for item in retried:  # back at their own place: a retried job keeps its fair tag
+        popped = queue.remove(item.id)
+        assert popped is not None
+        queue.push(popped)
     now = 300 * 0.7 + 25
 
     def key(item: Job) -> tuple[int, int]:

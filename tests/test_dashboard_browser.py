@@ -267,3 +267,73 @@ def test_dashboard_says_what_jobs_are_and_retries_a_failure(
     assert job["data"]["status"] == "completed" and job["data"]["attempts"] == 1
     page.no_problems(f"/{failed_video}/retry - Failed to load resource: the server responded "
                      "with a status of 409")
+
+
+FOLLOW_JOB = """
+// The README's example ("Live job events"), as a page of this origin runs it: submit with
+// the API token, then follow the job with EventSource and the 202's short-lived eventsUrl.
+const [jwt, body] = arguments;
+const followed = window.followed = {reply: null, events: [], errors: []};
+fetch("/api/interactions/demo-1/questions", {
+  method: "POST", headers: {"Content-Type": "application/json", Authorization: `Bearer ${jwt}`},
+  body: JSON.stringify(body),
+}).then((res) => res.json()).then((reply) => {
+  followed.reply = reply;
+  const events = followed.source = new EventSource(reply.data.eventsUrl);
+  for (const state of ["queued", "processing", "retrying", "completed", "failed", "cancelled"]) {
+    events.addEventListener(state, (e) => followed.events.push(
+      {type: e.type, status: JSON.parse(e.data).status, id: e.lastEventId}));
+  }
+  // After the terminal event the server ends the stream; EventSource reconnects with
+  // Last-Event-ID, gets 204 and stops for good: readyState CLOSED.
+  events.onerror = () => followed.errors.push(events.readyState);
+}, (error) => { followed.reply = String(error); });
+"""
+
+
+def test_a_page_follows_a_job_through_event_source(
+        driver: Any, server: GunicornServer, standin: PythonApiStandIn) -> None:
+    page = Page(driver, server)
+    page.sign_in()
+    csp = server.request("GET", "/dashboard").headers["Content-Security-Policy"]
+    assert "connect-src 'self'" in csp, csp  # EventSource and fetch are connect-src
+
+    def seen() -> list[tuple[str, str]]:
+        events = driver.execute_script("return window.followed.events")
+        return [(event["type"], event["status"]) for event in events]
+
+    # Questions wait (paused) until the stream is open, so that "queued" is seen live.
+    pause = server.request("POST", "/api/queue/qa/pause", headers=page.headers)
+    assert pause.status_code == 200, pause.text
+    driver.execute_script(FOLLOW_JOB, ADMIN, {"question": "What are the main features?",
+                                              "companyName": "acme"})
+    page.until(lambda: driver.execute_script("return window.followed.reply"), "the 202 reply")
+    reply = driver.execute_script("return window.followed.reply")
+    assert isinstance(reply, dict) and reply["success"], reply
+    data = reply["data"]
+    assert data["eventsUrl"] == (f"/api/queue/jobs/qa/{data['jobId']}/events"
+                                 f"?access_token={data['eventsToken']}")
+    page.until(lambda: seen() == [("queued", "queued")], "the job's first event: queued")
+
+    # Dispatched: the stand-in holds the question, so the job stays processing.
+    standin.hold("ask-question")
+    try:
+        resume = server.request("POST", "/api/queue/qa/resume", headers=page.headers)
+        assert resume.status_code == 200, resume.text
+        assert standin.wait_in_flight("ask-question", 1, timeout=10)
+        page.until(lambda: seen()[-1:] == [("processing", "processing")], "processing")
+        assert driver.execute_script("return window.followed.source.readyState") == 1  # OPEN
+    finally:
+        standin.release("ask-question")
+
+    # Answered: "completed" is the last event, and the stream ends for good.
+    page.until(lambda: seen()[-1:] == [("completed", "completed")], "completed")
+    page.until(lambda: driver.execute_script("return window.followed.source.readyState") == 2,
+               "EventSource closed after the end (204 on its reconnect)")
+    assert seen() == [("queued", "queued"), ("processing", "processing"),
+                      ("completed", "completed")]
+    ids = [int(e["id"]) for e in driver.execute_script("return window.followed.events")]
+    assert ids == sorted(set(ids)), ids  # every event has its place in the log, in order
+    job = server.request("GET", f"/api/queue/jobs/qa/{data['jobId']}", headers=page.headers)
+    assert job.json()["data"]["status"] == "completed"
+    page.no_problems()

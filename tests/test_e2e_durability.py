@@ -25,6 +25,8 @@ def env(standin: PythonApiStandIn, db: Path) -> dict[str, str]:
         "QUEUE_RETRY_ATTEMPTS": str(MAX_ATTEMPTS),
         "QUEUE_MAX_CONCURRENT_VIDEOS": "2",
         "QUEUE_MAX_CONCURRENT_QA": "2",
+        # Both kinds at their maximums from the start (the crash needs calls of each running).
+        "QUEUE_ADAPTIVE_INITIAL_CONCURRENCY": "4",
         "QUEUE_BACKOFF_DELAY": "50",
         "QUEUE_BACKOFF_MAX_MS": "200",
         "PYTHON_API_STATUS_TIMEOUT_MS": "300",

@@ -125,7 +125,9 @@ def test_work_spreads_and_limits_hold_per_instance(
     for server in standins:
         server.hold("process-video")
         server.hold("ask-question")
-    system = JobSystem(multi_settings(fast_settings, standins)).start()
+    # The static limits (adaptive capacity starts lower: tests/test_adaptive_capacity.py).
+    settings = multi_settings(fast_settings, standins, adaptive_concurrency=False)
+    system = JobSystem(settings).start()
     try:
         videos = [system.submit(VIDEO, video(i)).job.id for i in range(5)]
         questions = [system.submit(QA, question(i)).job.id for i in range(9)]

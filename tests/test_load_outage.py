@@ -39,6 +39,7 @@ def env(standin: PythonApiStandIn, **extra: str) -> dict[str, str]:
         "QUEUE_BACKOFF_DELAY": "3000",
         "QUEUE_BACKOFF_MAX_MS": "20000",
         "QUEUE_MAX_CONCURRENT_QA": "4",
+        "QUEUE_ADAPTIVE_INITIAL_CONCURRENCY": "6",  # as the static limits, from the start
         "PYTHON_API_CONNECT_TIMEOUT_MS": "1000",
         "PYTHON_API_STATUS_TIMEOUT_MS": "300",
         "RATE_LIMIT_MAX_REQUESTS": "1000000",  # the test polls the job API

@@ -43,6 +43,9 @@ def env(standin: PythonApiStandIn, url: str, **extra: str) -> dict[str, str]:
         "DATABASE_URL": url,
         "QUEUE_MAX_CONCURRENT_QA": str(LIMITS["ask-question"]),
         "QUEUE_MAX_CONCURRENT_VIDEOS": str(LIMITS["process-video"]),
+        # The static limits, shared by every server: what this file measures at the stand-in
+        # (the adaptive capacity has its own tests, tests/test_adaptive_capacity.py).
+        "QUEUE_ADAPTIVE_CONCURRENCY": "false",
         "QUEUE_MAX_WAITING_QA": "2000",
         "QUEUE_RETENTION_MAX_JOBS": "100000",
         "QUEUE_BACKOFF_DELAY": "50",

@@ -7,9 +7,9 @@ import re
 import pytest
 from flask.testing import FlaskClient
 
-from actors import JobSystem
+from actors import JobSystem, Settings
 from tests.standin import PythonApiStandIn, Reply
-from tests.web_support import QUESTION, VIDEO, make_app, wait_job
+from tests.web_support import QUESTION, VIDEO, make_app, running_system, wait_job
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 JOB_KEYS = {"id", "type", "status", "priority", "createdAt", "startedAt", "completedAt",
@@ -61,29 +61,32 @@ def test_unknown_and_malformed_job_ids(client: FlaskClient):
     assert client.get("/api/queue/jobs/video/a%20b").status_code == 400
 
 
-def test_cancel_waiting_job_then_conflict(client: FlaskClient, standin: PythonApiStandIn):
-    standin.hold("process-video")
-    try:
-        running = client.post("/api/video/process", json=VIDEO)
-        assert standin.wait_in_flight("process-video", 1)
-        second = client.post("/api/video/process", json={
-            **VIDEO, "video_url": "https://www.youtube.com/watch?v=waiting0001"})
-        assert standin.wait_in_flight("process-video", 2)  # both slots busy now
-        third = client.post("/api/video/process", json={
-            **VIDEO, "video_url": "https://www.youtube.com/watch?v=waiting9999"})
-        assert third.json["data"]["queuePosition"] == 1
-        cancelled = client.delete(third.headers["Location"])
-        assert cancelled.status_code == 200, cancelled.json
-        assert cancelled.json["data"]["status"] == "cancelled"
-        assert ISO.match(cancelled.json["data"]["cancelledAt"])
-        again = client.delete(third.headers["Location"])
-        assert again.status_code == 409 and again.json["success"] is False
-        busy = client.delete(running.headers["Location"])
-        assert busy.status_code == 409
-    finally:
-        standin.release("process-video")
-    for location in (running.headers["Location"], second.headers["Location"]):
-        assert wait_job(client, location, standin)["status"] == "completed"
+def test_cancel_waiting_job_then_conflict(fast_settings: Settings, standin: PythonApiStandIn):
+    # Both video slots from the start: the third video must wait behind two running ones.
+    with running_system(fast_settings, adaptive_initial_concurrency=12) as system:
+        client = make_app(system).test_client()
+        standin.hold("process-video")
+        try:
+            running = client.post("/api/video/process", json=VIDEO)
+            assert standin.wait_in_flight("process-video", 1)
+            second = client.post("/api/video/process", json={
+                **VIDEO, "video_url": "https://www.youtube.com/watch?v=waiting0001"})
+            assert standin.wait_in_flight("process-video", 2)  # both slots busy now
+            third = client.post("/api/video/process", json={
+                **VIDEO, "video_url": "https://www.youtube.com/watch?v=waiting9999"})
+            assert third.json["data"]["queuePosition"] == 1
+            cancelled = client.delete(third.headers["Location"])
+            assert cancelled.status_code == 200, cancelled.json
+            assert cancelled.json["data"]["status"] == "cancelled"
+            assert ISO.match(cancelled.json["data"]["cancelledAt"])
+            again = client.delete(third.headers["Location"])
+            assert again.status_code == 409 and again.json["success"] is False
+            busy = client.delete(running.headers["Location"])
+            assert busy.status_code == 409
+        finally:
+            standin.release("process-video")
+        for location in (running.headers["Location"], second.headers["Location"]):
+            assert wait_job(client, location, standin)["status"] == "completed"
 
 
 def test_retry_failed_job(client: FlaskClient, standin: PythonApiStandIn):

@@ -133,6 +133,7 @@ class SnapshotCollector(Collector):
         yield _gauge("qudemo_accepting", "1 while new jobs are accepted (0 while draining).",
                      snapshot.get("accepting"))
         yield from _queue_gauges(snapshot)
+        yield from _company_gauges(snapshot)
         yield from _shared_queue_gauges(snapshot)
         yield from _pool_metrics(snapshot)
         yield from _memory_gauges(snapshot)
@@ -214,6 +215,33 @@ def _queue_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
     yield oldest
 
 
+def _company_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
+    """Per company waiting, running and share: the busiest 20 per kind, the rest "(others)".
+
+    Company names are user data: the label set is bounded by the snapshot's top list.
+    """
+    waiting = GaugeMetricFamily("qudemo_company_jobs_waiting", "Jobs of one company waiting "
+                                "(queued or retrying); the busiest 20 per kind by name.",
+                                labels=["kind", "company"])
+    running = GaugeMetricFamily("qudemo_company_jobs_running", "Jobs of one company holding a"
+                                " slot.", labels=["kind", "company"])
+    share = GaugeMetricFamily("qudemo_company_share", "A company's part of the kind's running "
+                              "jobs (0..1).", labels=["kind", "company"])
+    fair = GaugeMetricFamily("qudemo_company_fair_share", "What a company's weight entitles it"
+                             " to among the companies with work (0..1).",
+                             labels=["kind", "company"])
+    count = GaugeMetricFamily("qudemo_companies_with_work", "Companies with jobs of the kind "
+                              "waiting or running.", labels=["kind"])
+    for kind, shares in (snapshot.get("companies") or {}).items():
+        count.add_metric([kind], float(shares["count"]))
+        for name, row in shares["companies"].items():
+            waiting.add_metric([kind, name], float(row["waiting"]))
+            running.add_metric([kind, name], float(row["running"]))
+            share.add_metric([kind, name], float(row["share"]))
+            fair.add_metric([kind, name], float(row["fair_share"]))
+    yield from (waiting, running, share, fair, count)
+
+
 def _pool_metrics(snapshot: dict[str, Any]) -> Iterator[Metric]:
     size = GaugeMetricFamily("qudemo_workers", "Worker actors in the pool.", labels=["kind"])
     alive = GaugeMetricFamily("qudemo_workers_alive", "Worker actors alive.", labels=["kind"])
@@ -265,6 +293,9 @@ def _python_api_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
                                   "instance.", labels=["instance", "kind"])
     instance_memory = GaugeMetricFamily("qudemo_python_api_instance_memory_bytes",
                                         "Memory the instance reported.", labels=["instance"])
+    limit = GaugeMetricFamily("qudemo_python_api_concurrency_limit", "Calls of the kind the "
+                              "instance may have now (adaptive: the limiter's current limit; "
+                              "kind \"all\": both kinds together).", labels=["instance", "kind"])
     checked = memory.get("checked_at") is not None
     for item in snapshot.get("instances", []):
         url = redact_url(str(item.get("url")))  # a label is shown: never its credentials
@@ -273,9 +304,14 @@ def _python_api_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
         available.add_metric([url], 1 if item.get("state") == "ok" else 0)
         for kind, count in (item.get("in_flight") or {}).items():
             in_flight.add_metric([url, kind], count)
+        for kind, count in (item.get("limits") or {}).items():
+            limit.add_metric([url, kind], count)
+        capacity = item.get("capacity") or {}
+        if capacity.get("limit") is not None:
+            limit.add_metric([url, "all"], capacity["limit"])
         if item.get("memory_mb") is not None:
             instance_memory.add_metric([url], float(item["memory_mb"]) * MIB)
-    yield from (reachable, available, in_flight, instance_memory)
+    yield from (reachable, available, in_flight, instance_memory, limit)
 
 
 # --- the app side ---------------------------------------------------------------------------

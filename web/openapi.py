@@ -47,7 +47,8 @@ STATUS_TEXT = {
     204: "Nothing more to stream: the job has ended and every event was sent",
     400: "Validation failed (details lists every problem)",
     401: "Missing, invalid or expired bearer token",
-    403: "Authenticated but not allowed (the admin role is needed)",
+    403: "Authenticated but not allowed (the admin role is needed, or the company is not "
+    "one of the caller's)",
     404: "No such job (or not yours)", 405: "Method not allowed on this path",
     409: "Duplicate job, the job is in the wrong state, or a request with the same "
     "Idempotency-Key is still being handled", 413: "Request body too large",
@@ -88,7 +89,7 @@ class Operation:
 
 
 _JOB = (400, 401, 404, 503)
-_SUBMIT = (400, 401, 413, 415, 503)
+_SUBMIT = (400, 401, 403, 413, 415, 503)  # 403: another company (web.tenancy)
 # An empty filter (?type=) means no filter, as a web form sends it.
 _KIND_QUERY = {"schema": {"type": "string", "enum": ["video", "qa", ""]}}
 IDEMPOTENCY_PARAMETER: dict[str, Any] = {
@@ -147,7 +148,8 @@ OPERATIONS: dict[str, Operation] = {
                                  ok=(200, "JobCancelled", "application/json"),
                                  errors=(*_JOB, 409)),
     "jobs.retry_job": Operation("Queue a failed job again", "jobs",
-                                ok=(202, "Accepted", "application/json"), errors=(*_JOB, 409)),
+                                ok=(202, "Accepted", "application/json"),
+                                errors=(*_JOB, 403, 409)),
     "jobs.list_jobs": Operation("List jobs, newest first (yours; an admin's: everyone's)",
                                 "jobs", ok=(200, "JobList", "application/json"),
                                 errors=(400, 401, 503), query=LIST_QUERY),

@@ -179,7 +179,17 @@ def instances_json(snapshot: dict[str, Any], *, addresses: bool = True
         entry.update({
             "state": item.get("state"), "inFlight": item.get("in_flight", {}),
             "limits": item.get("limits", {}), "memoryMb": item.get("memory_mb"),
+            "capacity": _capacity_json(item.get("capacity") or {}),
             "status": item.get("status", "unknown"),
             "reachable": bool(item.get("reachable", False))})
         shown.append(entry)
     return shown
+
+
+def _capacity_json(capacity: dict[str, Any]) -> dict[str, Any]:
+    """Return an instance's capacity: its limit (both kinds), why it last moved, when."""
+    return {"adaptive": bool(capacity.get("adaptive", False)), "limit": capacity.get("limit"),
+            "reason": capacity.get("reason"), "movedSecondsAgo": capacity.get("moved_s_ago"),
+            "lastSignal": capacity.get("last_signal"),
+            "coolingSeconds": capacity.get("cooling_s", 0.0),
+            "baselineSeconds": capacity.get("baseline_s", {})}

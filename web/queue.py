@@ -44,10 +44,13 @@ def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
             "failed": k.get("failed", 0),
             "cancelled": k.get("cancelled", 0),
             "maxConcurrent": k.get("max_concurrent"),
+            "concurrencyLimit": k.get("limit", k.get("max_concurrent")),
+            "adaptiveConcurrency": bool(k.get("adaptive", False)),
             "maxWaiting": k.get("max_waiting"),
             "paused": bool(k.get("paused", False)),
             "pauseReasons": list(k.get("pause_reasons", [])),
             "avgDurationSeconds": k.get("avg_duration_s"),
+            "maxConcurrentPerCompany": k.get("max_concurrent_per_company"),
         }
         for name, k in snapshot.get("kinds", {}).items()
     }
@@ -71,7 +74,21 @@ def queue_status(snapshot: dict[str, Any]) -> dict[str, Any]:
         },
         "pythonInstances": instances_json(snapshot),
         "sharedQueue": shared_queue_json(snapshot),
+        "fairShare": fair_share_json(snapshot),
     }
+
+
+def fair_share_json(snapshot: dict[str, Any]) -> dict[str, Any] | None:
+    """Per kind, the companies with work: waiting, running, weight, shares (bounded)."""
+    view = snapshot.get("companies")
+    if view is None:
+        return None
+    return {kind: {"count": shares["count"],
+                   "companies": {name: {"waiting": row["waiting"], "running": row["running"],
+                                        "weight": row["weight"], "share": row["share"],
+                                        "fairShare": row["fair_share"]}
+                                 for name, row in shares["companies"].items()}}
+            for kind, shares in view.items()}
 
 
 def shared_queue_json(snapshot: dict[str, Any]) -> dict[str, Any] | None:
@@ -152,6 +169,7 @@ def _scoped(status: dict[str, Any]) -> dict[str, Any]:
     status["companies"] = companies
     status.pop("pythonInstances", None)
     status.pop("sharedQueue", None)
+    status.pop("fairShare", None)  # other companies' names and counts
     return status
 
 

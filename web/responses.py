@@ -127,20 +127,48 @@ class QueueCounts(_Doc):
 
     waiting: int
     activeJobs: int
-    abandonedCalls: int = Field(description="Calls past their deadline that the Python API is "
-                                            "still processing; each keeps its slot until it "
-                                            "answers or its hold ends.")
+    abandonedCalls: int | None = Field(None, description="Calls past their deadline that the "
+                                       "Python API is still processing; each keeps its slot "
+                                       "until it answers or its hold ends. Admins only: other "
+                                       "callers' counts leave other companies' calls out.")
     retrying: int
     completed: int
     failed: int
     cancelled: int
     maxConcurrent: int | None
+    concurrencyLimit: int | None = Field(None, description="How many of the kind may be in "
+                                         "flight now on all Python API instances together: "
+                                         "the adaptive limit (QUEUE_ADAPTIVE_CONCURRENCY), or "
+                                         "maxConcurrent per instance with static limits.")
+    adaptiveConcurrency: bool = False
     maxWaiting: int | None
     paused: bool
     pauseReasons: list[str] = Field(description="operator, memory (with the postgres store: "
                                                 "memory@<instance id> of the instance that "
                                                 "paused).")
     avgDurationSeconds: float | None
+    maxConcurrentPerCompany: int | None = Field(
+        None, description="At most this many of one company's jobs of the kind run at once "
+                          "(QUEUE_MAX_CONCURRENT_*_PER_COMPANY); null: no ceiling.")
+
+
+class CompanyShare(_Doc):
+    """One company's part of a kind's queue (README, Fair share between companies)."""
+
+    waiting: int = Field(description="Queued or retrying.")
+    running: int
+    weight: float = Field(description="QUEUE_COMPANY_WEIGHTS (1 unless set); 0 for (others).")
+    share: float = Field(description="Its part of the kind's running jobs now (0..1).")
+    fairShare: float = Field(description="What its weight entitles it to among the companies "
+                                         "with work of the kind (0..1).")
+
+
+class KindShares(_Doc):
+    """The companies with work of one kind."""
+
+    count: int = Field(description="How many companies have work of the kind.")
+    companies: dict[str, CompanyShare] = Field(
+        description="The busiest 20 by name; the rest summed as \"(others)\".")
 
 
 class PythonMemory(_Doc):
@@ -163,6 +191,22 @@ class Memory(_Doc):
     checkedAt: str | None
 
 
+class Capacity(_Doc):
+    """A Python API instance's capacity, both kinds together."""
+
+    adaptive: bool
+    limit: int | None = Field(description="Calls of both kinds the instance may have now.")
+    reason: str | None = Field(description="Why the limit last moved.")
+    movedSecondsAgo: float | None = None
+    lastSignal: str | None = Field(None, description="The last overload signal (429/503/"
+                                   "5xx, timeout, memory warning), even one that did not move "
+                                   "the limit (already at its minimum, or one cut per round).")
+    coolingSeconds: float | None = Field(None, description="How long the instance takes no "
+                                         "new call (its Retry-After).")
+    baselineSeconds: dict[str, float | None] = Field(
+        default_factory=dict, description="Each kind's minimum latency (the baseline).")
+
+
 class PythonInstance(_Doc):
     """One Python API instance."""
 
@@ -171,7 +215,8 @@ class PythonInstance(_Doc):
                                               "in /health, which anyone may read.")
     state: str | None
     inFlight: dict[str, int]
-    limits: dict[str, int]
+    limits: dict[str, int] = Field(description="Per kind: how many calls it may have now.")
+    capacity: Capacity | None = None
     memoryMb: float | None
     status: str
     reachable: bool
@@ -198,10 +243,16 @@ class QueueStatus(_Doc):
     draining: bool
     queues: dict[str, QueueCounts]
     memory: Memory
-    pythonInstances: list[PythonInstance]
+    pythonInstances: list[PythonInstance] | None = Field(
+        None, description="Admins only (the instances serve every company).")
+    companies: list[str] | None = Field(
+        None, description="Not for admins: the caller's companies, whose jobs the counts are.")
     sharedQueue: SharedQueueInfo | None = Field(
         None, description="Present with the postgres store: counts in queues are then global, "
                           "activeJobs this instance's.")
+    fairShare: dict[str, KindShares] | None = Field(
+        None, description="Admins only: per kind, the companies with work, their weights and "
+                          "shares (with the postgres store, of every instance).")
 
 
 class QueueStatusReply(_Doc):

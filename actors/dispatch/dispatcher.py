@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,15 @@ from typing import Any
 import pykka
 
 from actors.dispatch.attempts import ANSWERED, BEFORE, CALLING, AttemptCall
+from actors.dispatch.fairness import (
+    NOMINAL_COST_S,
+    FairClock,
+    FairShare,
+    capped_by,
+    ceilings_of,
+    describe_companies,
+)
+from actors.dispatch.limiter import limiter_config, overload_signal
 from actors.dispatch.scheduling import (
     DurationEstimate,
     WaitingQueue,
@@ -108,13 +118,16 @@ class Dispatcher(TrackedActor):
         self.clients = clients
         self.instances = InstanceSet(
             tuple(clients), {kind: settings.limits(kind).max_concurrent for kind in JobKind},
-            failure_threshold=settings.breaker_failures, open_s=settings.breaker_open_s)
+            failure_threshold=settings.breaker_failures, open_s=settings.breaker_open_s,
+            adaptive=limiter_config(settings))
         self.avoid: dict[str, str] = {}  # job id -> instance its last attempt broke on
         self.watchdog: pykka.ActorRef[Any] | None = None
         self.timers = timers
         self.clock = clock
         self.rng = rng or random.Random()
-        self.waiting = WaitingQueue(settings.aging_s)
+        self.share = FairShare.of(settings.company_weights)  # the fair order between companies
+        self.ceilings = ceilings_of(settings)
+        self.waiting = WaitingQueue(settings.aging_s, fairness=FairClock(self.share))
         self.running: dict[str, _Running] = {}
         self.retrying: dict[str, tuple[Job, TimerHandle]] = {}
         self.paused: dict[JobKind, set[str]] = {kind: set() for kind in JobKind}
@@ -178,6 +191,7 @@ class Dispatcher(TrackedActor):
             case CheckInstances():
                 if self.instances.half_open(self.clock.monotonic()) and self.watchdog:
                     self.watchdog.tell(CheckMemory())  # the probe: costs no job an attempt
+                self._dispatch()  # or an instance's Retry-After has passed
             case AttachWatchdog(watchdog=watchdog):
                 self.watchdog = watchdog
             case RetryDue(job_id=job_id):
@@ -229,11 +243,16 @@ class Dispatcher(TrackedActor):
 
     def _dispatchable_kinds(self) -> list[JobKind]:
         now = self.clock.monotonic()
-        return [
+        kinds = [
             kind for kind, pool in self.pools.items()
             if pool.has_idle and not self.paused[kind] and self.waiting.count(kind)
             and self.instances.has_room(kind, now)
         ]
+        if self.settings.adaptive_concurrency and JobKind.QA in kinds:
+            # One capacity for both kinds: a question that can start takes it before any
+            # video, however long the video has waited (aging orders within a kind only).
+            return [JobKind.QA]
+        return kinds
 
     def _dispatch(self) -> None:
         """Start waiting jobs while some kind has both a waiting job and a free slot."""
@@ -241,7 +260,8 @@ class Dispatcher(TrackedActor):
             kinds = self._dispatchable_kinds()
             if not kinds:
                 return
-            job = self.waiting.pop_next(kinds, self.clock.time())
+            job = self.waiting.pop_next(kinds, self.clock.time(), capped=capped_by(
+                self.ceilings, (e.job for e in self.running.values())))
             if job is None:
                 return
             self._start(job)
@@ -306,6 +326,7 @@ class Dispatcher(TrackedActor):
         if phase == CALLING:
             entry.abandoned = True
             self.metrics.call_abandoned(entry.job.kind)
+            self._overloaded(entry, "timeout", None)
             logger.warning("job %s: attempt %d past its %gs deadline while the Python API"
                            " works on it; call abandoned, its slot held until it answers or"
                            " for %.0fs more", job_id, attempt, self.settings.job_timeout_s,
@@ -364,6 +385,24 @@ class Dispatcher(TrackedActor):
                                             entry.job.attempts))
         return entry
 
+    def _overloaded(self, entry: _Running, why: str, retry_after_s: float | None) -> float:
+        """Tell the instance's limiter; return how long it takes no new call (Retry-After)."""
+        instance = self.instances.get(entry.instance)
+        if instance is None or instance.limiter is None:
+            return 0.0
+        now = self.clock.monotonic()
+        before = instance.limiter.current
+        if instance.limiter.overloaded(entry.job.kind, why, started_at=entry.started, now=now,
+                                       retry_after_s=retry_after_s):
+            logger.warning("Python API %s: %s %s; capacity %d -> %d", entry.instance,
+                           entry.job.kind.value, why, before, instance.limiter.current)
+        cooling_s = instance.limiter.cooling_until - now
+        if cooling_s > 0:
+            self.timers.tell_later(cooling_s, self.actor_ref, CheckInstances())
+        # Rounded: the floor was set as now + a whole Retry-After (or its cap); taking now
+        # away again leaves float noise that would show in the job's recorded schedule.
+        return max(0.0, round(cooling_s, 6))
+
     def _instance_ended(self, entry: _Running, *, broke: bool) -> None:
         if self.instances.ended(entry.instance, entry.job.kind, broke=broke,
                                 now=self.clock.monotonic()):
@@ -375,9 +414,15 @@ class Dispatcher(TrackedActor):
     def _on_succeeded(self, message: JobSucceeded) -> None:
         entry = self._finish_attempt(message.job_id, message.worker_id)
         if entry is not None:
+            instance = self.instances.get(entry.instance)
+            if instance is not None and instance.limiter is not None and not entry.abandoned:
+                instance.limiter.answered(entry.job.kind, message.duration_s,
+                                          in_flight=sum(instance.in_flight.values()),
+                                          now=self.clock.monotonic())
             self._instance_ended(entry, broke=False)
             self.durations[entry.job.kind].observe(message.duration_s)
             self.metrics.attempt_ended(entry.job.kind, message.duration_s)
+            self._charge(entry.job, message.duration_s)
             if self.writer is not None:
                 self._store_result(entry.job, message)
             else:
@@ -427,6 +472,7 @@ class Dispatcher(TrackedActor):
         if entry is not None:
             self._instance_ended(entry, broke=message.broke)
             self.metrics.attempt_ended(entry.job.kind, message.duration_s)
+            self._charge(entry.job, message.duration_s)
             error = f"{message.error_type}: {message.error}"
             if message.broke:
                 self.avoid[entry.job.id] = entry.instance
@@ -435,10 +481,16 @@ class Dispatcher(TrackedActor):
                 retryable = False
                 error += ("; not retried: the Python API may still be processing it"
                           " (QUEUE_RETRY_TIMED_OUT_VIDEOS)")
+            why = overload_signal(message.error_type, message.status,
+                                  reached_api=message.reached_api)
+            # Overload: the retry waits at least until the instance takes calls again.
+            cooling_s = 0.0 if why is None else self._overloaded(entry, why,
+                                                                 message.retry_after_s)
             if message.error_type == "ShutdownCut":
                 self._on_shutdown_cut(entry, error)
             else:
-                self._retry_or_fail(entry.job, error, retryable, message.retry_after_s)
+                self._retry_or_fail(entry.job, error, retryable, message.retry_after_s,
+                                    not_before_s=cooling_s)
         self._after_outcome()
 
     def _on_crashed(self, message: WorkerCrashed) -> None:
@@ -573,6 +625,11 @@ class Dispatcher(TrackedActor):
             logger.error("Python API %s silent on its probe: breaker open for %.0fs",
                          message.url, wait_s)
             self.timers.tell_later(wait_s, self.actor_ref, CheckInstances())
+        if instance.limiter is not None and message.status:
+            before = instance.limiter.current
+            if instance.limiter.memory(message.status, now) and instance.limiter.current < before:
+                logger.warning("Python API %s: memory %s; capacity %d -> %d", message.url,
+                               message.status, before, instance.limiter.current)
         if instance.pressure != message.pressure:
             instance.pressure = message.pressure
             logger.warning("Python API %s: memory %s MB, video %s there", message.url,
@@ -599,8 +656,23 @@ class Dispatcher(TrackedActor):
 
     def _estimate(self, kind: JobKind, position: int) -> float:
         running = sum(1 for entry in self.running.values() if entry.job.kind == kind)
-        return estimate_wait_s(position, running=running, slots=self.pools[kind].size,
+        slots = (max(1, self.instances.limit(kind)) if self.settings.adaptive_concurrency
+                 else self.pools[kind].size)  # adaptive: the capacity it has now
+        return estimate_wait_s(position, running=running, slots=slots,
                                duration_s=self.durations[kind].seconds)
+
+    def _charge(self, job: Job, duration_s: float) -> None:
+        """Correct the company's place in the fair order by what the attempt really took."""
+        self.waiting.fair.charge(job.kind, job.priority, job.company,
+                                 duration_s - NOMINAL_COST_S[job.kind])
+
+    def _companies(self) -> dict[str, Any]:
+        """Per kind and company: waiting, running, weight and shares (the busiest by name)."""
+        running = Counter((e.job.kind, e.job.company or "") for e in self.running.values())
+        waiting = self.waiting.company_counts()
+        for job, _ in self.retrying.values():
+            waiting[job.kind, job.company or ""] += 1
+        return describe_companies(waiting, running, self.share)
 
     def _position(self, job_id: str, kind: JobKind | None = None) -> tuple[int, float] | None:
         position = self.waiting.position(job_id, self.clock.time())
@@ -624,6 +696,8 @@ class Dispatcher(TrackedActor):
                 "paused": bool(self.paused[kind]),
                 "pause_reasons": sorted(self.paused[kind]),
                 "avg_duration_s": self.durations[kind].value_s,
+                "limit": self.instances.limit(kind),
+                "adaptive": self.settings.adaptive_concurrency,
             }
         return {
             "draining": self.draining,
@@ -636,7 +710,8 @@ class Dispatcher(TrackedActor):
                 for job_id, e in self.running.items()
             ],
             "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},
-            "instances": self.instances.describe(),
+            "instances": self.instances.describe(now),
             "all_instances_open": self.instances.all_open(self.clock.monotonic()),
+            "companies": self._companies(),
         }
 

@@ -37,6 +37,7 @@ import psycopg
 import pykka
 
 from actors.dispatch.dispatcher import Dispatcher
+from actors.dispatch.fairness import NOMINAL_COST_S, describe_companies
 from actors.model.errors import StoreUnavailable
 from actors.model.jobs import Job, JobKind, JobState
 from actors.model.messages import Fenced, LeasesLost, SharedTick, Wake
@@ -78,6 +79,7 @@ class SharedDispatcher(Dispatcher):
         self.store_latency_ms: float | None = None
         self._view: tuple[Any, Any, Any] | None = None
         self._view_at = float("-inf")
+        self._company_view: tuple[float, dict[str, Any]] | None = None
         self.claims = 0
         self.claimed = 0
         self.reaped = 0
@@ -222,12 +224,25 @@ class SharedDispatcher(Dispatcher):
                 self._failed("reap", exc)  # the next beat, here or elsewhere, takes it
 
     def _dispatch(self) -> None:
-        """Claim as many jobs per kind as there are idle workers and Python API room."""
+        """Claim as many jobs per kind as there are idle workers and Python API room.
+
+        Adaptive capacity: questions are claimed first, then videos in what is left, and
+        the global per-kind limits are the limiter's current ones.
+        """
+        if not self.settings.adaptive_concurrency:
+            self._claim(tuple(JobKind))
+            return
+        self.limits = {kind: self.instances.limit(kind) for kind in JobKind}
+        self._claim((JobKind.QA,))
+        self._claim((JobKind.VIDEO,))
+
+    def _claim(self, kinds: tuple[JobKind, ...]) -> None:
         if self.draining or self.fenced:
             return
         now_m = self.clock.monotonic()
         free: dict[JobKind, int] = {}
-        for kind, pool in self.pools.items():
+        for kind in kinds:
+            pool = self.pools[kind]
             room = min(pool.idle, self.instances.room(kind, now_m))
             if room > 0 and not self.paused[kind]:
                 free[kind] = room
@@ -241,7 +256,8 @@ class SharedDispatcher(Dispatcher):
             # call's hold is over: counted from the claim there, and here from when the
             # claim was sent, plus the longest a claim may take, so ours ends first.
             jobs = self.store.claim(free, self.instance_id, self.limits, None, s.aging_s,
-                                    s.lease_ttl_s, s.call_hold_s + self.store.call_deadline_s)
+                                    s.lease_ttl_s, s.call_hold_s + self.store.call_deadline_s,
+                                    ceilings=self.ceilings)
         except STORE_ERRORS as exc:
             self._failed("claim", exc)
             return
@@ -347,6 +363,28 @@ class SharedDispatcher(Dispatcher):
         if position is None or kind is None:
             return None
         return position, self._estimate(kind, position)
+
+    def _charge(self, job: Job, duration_s: float) -> None:
+        """Correct the company's finish in the shared fair order (one statement)."""
+        try:
+            self.store.charge(job, duration_s - NOMINAL_COST_S[job.kind])
+        except STORE_ERRORS as exc:  # the order is a little less exact; nothing else
+            self._failed("fair-share charge", exc)
+
+    def _companies(self) -> dict[str, Any]:
+        """The companies of every instance, read at most once per ``VIEW_MAX_AGE_S``."""
+        now = time.monotonic()
+        if self._company_view is None or now - self._company_view[0] >= VIEW_MAX_AGE_S:
+            if self.fenced:
+                return super()._companies()
+            try:
+                counts = self.store.company_counts_now()
+            except STORE_ERRORS as exc:
+                self._failed("company counts", exc)
+                return super()._companies()
+            self._company_view = (now, describe_companies(counts["waiting"], counts["running"],
+                                                          self.share))
+        return self._company_view[1]
 
     def _read_store_view(self) -> tuple[Any, Any, Any] | None:
         """The database's counts, pauses and slots, read at most once per ``VIEW_MAX_AGE_S``.

@@ -137,6 +137,10 @@ class Job:
     """Arrival order, used for FIFO within a priority; kept across retries."""
     retry_delays_s: tuple[float, ...] = ()
     """The backoff actually scheduled before each retry, in order (the recorded schedule)."""
+    vtime: float | None = field(default=None, compare=False)
+    """Its tag in the fair order between companies (actors/dispatch/fairness.py), given once
+    when it is first queued and kept across retries; ``None`` until then. The local queue's
+    alone: the PostgreSQL store keeps it in a column, the record never holds it."""
     idempotency: IdempotencyKey | None = field(default=None, compare=False)
     """A new job's ``Idempotency-Key``: stored beside the job, in the same transaction, by
     ``store.add``; not part of the record (a job read back has ``None``)."""

@@ -307,6 +307,10 @@ class JobFailed:
     instance: str = ""
     broke: bool = False
     """The instance looked broken (connection failure or 5xx): counts for its breaker."""
+    status: int | None = None
+    """The Python API's HTTP status, when it answered one (the limiter reads 429/503/5xx)."""
+    reached_api: bool = True
+    """Whether the call was sent (a failure before it says nothing of the Python API)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,6 +331,8 @@ class InstanceMemory:
     pressure: bool
     answered: bool
     """Whether the instance answered the reading (the probe of a half-open breaker)."""
+    status: str = ""
+    """The reading's ``status`` (``ok``, ``warning``, ``critical``; empty when unknown)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

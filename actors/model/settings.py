@@ -30,6 +30,9 @@ SECRET_VARIABLES = ("PYTHON_API_BASE_URL", "PYTHON_API_BASE_URLS", "DATABASE_URL
 """Core variables whose values are, or may hold, secrets: never quoted in a message."""
 _ADDRESS_FIELDS = ("python_api_base_url", "supabase_url")
 
+MAX_COMPANY_WEIGHT = 1000.0
+"""The largest weight ``QUEUE_COMPANY_WEIGHTS`` accepts."""
+
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 """A Postgres identifier that needs no quoting (table names go into URL paths)."""
 
@@ -43,6 +46,9 @@ class KindLimits:
     default_priority: int
     max_waiting_per_company: int | None = None
     """At most this many of one company's jobs wait (``None``: only ``max_waiting``)."""
+    max_concurrent_per_company: int | None = None
+    """At most this many of one company's jobs run (``None``: no ceiling; its jobs are passed
+    over while it is at it, never waited on)."""
 
 
 class EnvReader:
@@ -198,12 +204,35 @@ class Settings:
 
     max_concurrent_videos: int = 2
     max_concurrent_qa: int = 10
+    adaptive_concurrency: bool = True
+    """One adaptive capacity per Python API instance, shared by the kinds (README, Capacity).
+
+    ``False``: each kind has its own static limit, ``max_concurrent_*``.
+    """
+    adaptive_min_concurrency: int = 2
+    """The adaptive limit of an instance (both kinds together) never goes below this."""
+    adaptive_initial_concurrency: int | None = None
+    """Where an instance's adaptive limit starts; ``None``: at ``adaptive_min_concurrency``."""
+    qa_reserved_concurrency: int = 1
+    """Capacity of an instance that video never takes: a question never waits for a video."""
+    adaptive_latency_tolerance: float = 1.5
+    """Latency up to this many times a kind's baseline counts as healthy."""
+    adaptive_backoff_ratio: float = 0.7
+    """An overload signal (429/503/5xx, timeout, memory warning) keeps this fraction."""
+    adaptive_baseline_window_s: float = 60.0
+    """A kind's minimum latency (the baseline) is re-measured this often."""
     video_priority: int = 2
     qa_priority: int = 1
     max_waiting_videos: int = 500
     max_waiting_qa: int = 2000
     max_waiting_videos_per_company: int = 100
     max_waiting_qa_per_company: int = 400
+    company_weights: tuple[tuple[str, float], ...] = ()
+    """``QUEUE_COMPANY_WEIGHTS``: (casefolded company, weight) pairs; others weigh 1."""
+    max_concurrent_videos_per_company: int | None = None
+    """At most this many videos of one company run at once, everywhere (``None``: no ceiling)."""
+    max_concurrent_qa_per_company: int | None = None
+    """The same for one company's questions."""
     retry_attempts: int = 3
     backoff_base_s: float = 5.0
     backoff_max_s: float = 300.0
@@ -289,11 +318,12 @@ class Settings:
             case JobKind.VIDEO:
                 return KindLimits(
                     self.max_concurrent_videos, self.max_waiting_videos, self.video_priority,
-                    self.max_waiting_videos_per_company,
+                    self.max_waiting_videos_per_company, self.max_concurrent_videos_per_company,
                 )
             case JobKind.QA:
                 return KindLimits(self.max_concurrent_qa, self.max_waiting_qa, self.qa_priority,
-                                  self.max_waiting_qa_per_company)
+                                  self.max_waiting_qa_per_company,
+                                  self.max_concurrent_qa_per_company)
         raise ValueError(f"unknown job kind {kind!r}")  # pragma: no cover
 
     @property
@@ -348,6 +378,18 @@ class Settings:
         settings = cls(
             max_concurrent_videos=num("QUEUE_MAX_CONCURRENT_VIDEOS", 2, allow_zero=False),
             max_concurrent_qa=num("QUEUE_MAX_CONCURRENT_QA", 10, allow_zero=False),
+            adaptive_concurrency=env.flag("QUEUE_ADAPTIVE_CONCURRENCY", True),
+            adaptive_min_concurrency=num("QUEUE_ADAPTIVE_MIN_CONCURRENCY",
+                                         d.adaptive_min_concurrency, allow_zero=False),
+            adaptive_initial_concurrency=num("QUEUE_ADAPTIVE_INITIAL_CONCURRENCY", 0) or None,
+            qa_reserved_concurrency=num("QUEUE_QA_RESERVED_CONCURRENCY",
+                                        d.qa_reserved_concurrency),
+            adaptive_latency_tolerance=num("QUEUE_ADAPTIVE_LATENCY_TOLERANCE",
+                                           d.adaptive_latency_tolerance, integer=False,
+                                           minimum=1),
+            adaptive_backoff_ratio=num("QUEUE_ADAPTIVE_BACKOFF_RATIO", d.adaptive_backoff_ratio,
+                                       integer=False, allow_zero=False, maximum=0.99),
+            adaptive_baseline_window_s=env.ms_as_s("QUEUE_ADAPTIVE_BASELINE_WINDOW_MS", 60000),
             video_priority=num("QUEUE_VIDEO_PRIORITY", 2, minimum=1, maximum=3),
             qa_priority=num("QUEUE_QA_PRIORITY", 1, minimum=1, maximum=3),
             max_waiting_videos=num("QUEUE_MAX_WAITING_VIDEOS", d.max_waiting_videos,
@@ -358,6 +400,13 @@ class Settings:
                                                allow_zero=False),
             max_waiting_qa_per_company=num("QUEUE_MAX_WAITING_QA_PER_COMPANY",
                                            d.max_waiting_qa_per_company, allow_zero=False),
+            company_weights=_company_weights(env),
+            max_concurrent_videos_per_company=(
+                num("QUEUE_MAX_CONCURRENT_VIDEOS_PER_COMPANY", 1, allow_zero=False)
+                if env.raw("QUEUE_MAX_CONCURRENT_VIDEOS_PER_COMPANY") else None),
+            max_concurrent_qa_per_company=(
+                num("QUEUE_MAX_CONCURRENT_QA_PER_COMPANY", 1, allow_zero=False)
+                if env.raw("QUEUE_MAX_CONCURRENT_QA_PER_COMPANY") else None),
             retry_attempts=num("QUEUE_RETRY_ATTEMPTS", 3, allow_zero=False),
             backoff_base_s=env.ms_as_s("QUEUE_BACKOFF_DELAY", 5000, allow_zero=True),
             backoff_max_s=env.ms_as_s("QUEUE_BACKOFF_MAX_MS", 300000),
@@ -422,8 +471,24 @@ class Settings:
             "QUEUE_ABANDONED_HOLD_MS must not be below QUEUE_JOB_TIMEOUT_MS (an abandoned call"
             " keeps its slot at least until its deadline)",
         )
+        env.problems.extend(settings.capacity_problems())
         env.problems.extend(settings.database_problems())
         return settings
+
+    def capacity_problems(self) -> list[str]:
+        """Return what is wrong with the adaptive capacity's settings (empty when usable)."""
+        if not self.adaptive_concurrency:
+            return []
+        found: list[str] = []
+        most = self.max_concurrent_videos + self.max_concurrent_qa
+        if self.adaptive_min_concurrency > most:
+            found.append(f"QUEUE_ADAPTIVE_MIN_CONCURRENCY must not exceed QUEUE_MAX_CONCURRENT_"
+                         f"VIDEOS + QUEUE_MAX_CONCURRENT_QA ({most})")
+        if self.qa_reserved_concurrency >= self.adaptive_min_concurrency:
+            found.append("QUEUE_QA_RESERVED_CONCURRENCY must be below "
+                         "QUEUE_ADAPTIVE_MIN_CONCURRENCY (else video could never run at the "
+                         "minimum)")
+        return found
 
     def database_problems(self) -> list[str]:
         """Return what is wrong with the PostgreSQL settings (the URL itself is never quoted)."""
@@ -438,6 +503,44 @@ class Settings:
             return ["DATABASE_URL is not a postgresql:// connection string (value not shown: "
                     "it may hold a password)"]
         return []
+
+
+def parse_company_weights(text: str) -> tuple[dict[str, float], list[str]]:
+    """Parse ``name:weight,name:weight`` (``QUEUE_COMPANY_WEIGHTS``); return weights, problems.
+
+    Names are casefolded like ``Job.company``; a weight is a positive number up to 1000.
+    """
+    weights: dict[str, float] = {}
+    problems: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.rpartition(":")
+        name = name.strip().casefold()
+        if not sep or not name:
+            problems.append(f"QUEUE_COMPANY_WEIGHTS entry {item!r} is not name:weight")
+            continue
+        try:
+            weight = float(value)
+        except ValueError:
+            problems.append(f"QUEUE_COMPANY_WEIGHTS weight of {name!r} ({value.strip()!r}) is not"
+                            " a number")
+            continue
+        if not 0 < weight <= MAX_COMPANY_WEIGHT:  # also refuses nan and inf
+            problems.append(f"QUEUE_COMPANY_WEIGHTS weight of {name!r} must be above 0 and at"
+                            f" most {MAX_COMPANY_WEIGHT:g}")
+            continue
+        if name in weights:
+            problems.append(f"QUEUE_COMPANY_WEIGHTS names {name!r} twice")
+        weights[name] = weight
+    return weights, problems
+
+
+def _company_weights(env: EnvReader) -> tuple[tuple[str, float], ...]:
+    """Read ``QUEUE_COMPANY_WEIGHTS`` (``name:weight,...``); bad entries are problems."""
+    weights, problems = parse_company_weights(env.text("QUEUE_COMPANY_WEIGHTS", ""))
+    env.problems.extend(problems)
+    return tuple(sorted(weights.items()))
 
 
 def _shown(name: str, value: Any) -> Any:

@@ -46,6 +46,7 @@ def assemble_snapshot(
             "cancelled": counts["cancelled"],
             "max_concurrent": limits.max_concurrent,
             "max_waiting": limits.max_waiting,
+            "max_concurrent_per_company": limits.max_concurrent_per_company,
             "call_hold_s": settings.call_hold_s,
         }
     last = memory["last"] or {}
@@ -80,6 +81,8 @@ def assemble_snapshot(
         },
         "instances": _instances(dispatch["instances"], last.get("instances") or ()),
         "all_instances_open": dispatch["all_instances_open"],
+        # per kind, the companies with work: waiting, running, weight, share, fair share
+        "companies": dispatch.get("companies"),
         "shared_queue": dispatch.get("shared"),  # None unless the store is shared (postgres)
         "registry": {k: v for k, v in records.items() if k != "counts"},
         "store": _store(records, dispatch.get("shared")),

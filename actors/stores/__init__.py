@@ -26,8 +26,11 @@ def open_store(settings: Settings) -> JobStore:
         problems = settings.database_problems()
         if problems or settings.database_url is None:
             raise SettingsError(problems)
+        from actors.dispatch.fairness import FairShare
+
         return PostgresJobStore(settings.database_url,
-                                statement_timeout_s=settings.db_statement_timeout_s)
+                                statement_timeout_s=settings.db_statement_timeout_s,
+                                share=FairShare.of(settings.company_weights))
     from actors.stores.sqlite import SqliteJobStore  # imported only when used
 
     return SqliteJobStore(settings.db_path, synchronous=settings.db_synchronous.upper())

@@ -17,6 +17,11 @@ While open or half-open an instance takes no work. The probe is a call that
 costs no job an attempt: the MemoryWatchdog's ``/memory-status`` reading of the
 instance (the Dispatcher asks for one as soon as the open period ends). While
 every instance is open, jobs wait in the queue with their attempts unspent.
+
+With ``QUEUE_ADAPTIVE_CONCURRENCY`` (the default) each instance also has an
+``InstanceLimiter`` (dispatch/limiter.py): one limit shared by both kinds, Q&A
+first, that moves with what the instance shows; the static limits are then the
+maximums. Without it each kind has its own static limit, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.dispatch.limiter import InstanceLimiter, LimiterConfig
 from actors.model.jobs import JobKind
 from actors.runtime.redact import redact_url
 
@@ -44,10 +50,20 @@ class ApiInstance:
     open_until: float = 0.0
     pressure: bool = False
     memory_mb: float | None = None
+    limiter: InstanceLimiter | None = None  # adaptive capacity; None: the static limits
 
-    def room(self, kind: JobKind) -> int:
-        """Free slots for ``kind``."""
+    def room(self, kind: JobKind, now: float) -> int:
+        """Free slots for ``kind`` (adaptive: of the capacity both kinds share)."""
+        if self.limiter is not None:
+            return self.limiter.room(kind, self.in_flight, now,
+                                     video_held=self.pressure)
         return self.limits[kind] - self.in_flight[kind]
+
+    def limit(self, kind: JobKind) -> int:
+        """The most calls of ``kind`` this instance may have now."""
+        if self.limiter is not None:
+            return self.limiter.kind_limit(kind, video_held=self.pressure)
+        return self.limits[kind]
 
     @property
     def state(self) -> str:
@@ -56,13 +72,20 @@ class ApiInstance:
             return self.breaker
         return "pressure" if self.pressure else "ok"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, now: float) -> dict[str, Any]:
         """Return plain data for snapshots."""
+        capacity: dict[str, Any] = (
+            {"adaptive": False, "limit": sum(self.limits.values()), "reason": "static limits"}
+            if self.limiter is None else
+            {"adaptive": True, **self.limiter.describe(now, video_held=self.pressure)})
+        capacity.pop("kinds", None)
         return {
             "url": redact_url(self.url),  # the key is shown already; never its credentials
             "state": self.state,
             "in_flight": {kind.value: n for kind, n in self.in_flight.items()},
-            "limits": {kind.value: n for kind, n in self.limits.items()},
+            "limits": {kind.value: self.limit(kind) for kind in JobKind},
+            "max_limits": {kind.value: n for kind, n in self.limits.items()},
+            "capacity": capacity,
             "consecutive_failures": self.failures,
             "memory_mb": self.memory_mb,
         }
@@ -78,8 +101,12 @@ class InstanceSet:
         *,
         failure_threshold: int,
         open_s: float,
+        adaptive: LimiterConfig | None = None,
     ) -> None:
-        self.instances = [ApiInstance(url, dict(limits)) for url in urls]
+        self.instances = [
+            ApiInstance(url, dict(limits),
+                        limiter=None if adaptive is None else InstanceLimiter(adaptive))
+            for url in urls]
         self.breaker_enabled = len(urls) > 1
         self.failure_threshold = failure_threshold
         self.open_s = open_s
@@ -98,7 +125,7 @@ class InstanceSet:
 
     def _available(self, instance: ApiInstance, kind: JobKind, now: float) -> bool:
         self._refresh(instance, now)
-        if instance.room(kind) <= 0 or (kind == JobKind.VIDEO and instance.pressure):
+        if instance.room(kind, now) <= 0 or (kind == JobKind.VIDEO and instance.pressure):
             return False
         return instance.breaker == CLOSED
 
@@ -108,7 +135,7 @@ class InstanceSet:
         if not candidates:
             return None
         preferred = [i for i in candidates if i.url != avoid] or candidates
-        return max(preferred, key=lambda i: (i.room(kind), -self.instances.index(i)))
+        return max(preferred, key=lambda i: (i.room(kind, now), -self.instances.index(i)))
 
     def has_room(self, kind: JobKind, now: float) -> bool:
         """Whether some instance could take a job of ``kind`` now."""
@@ -116,7 +143,7 @@ class InstanceSet:
 
     def room(self, kind: JobKind, now: float) -> int:
         """How many more jobs of ``kind`` the available instances could take now."""
-        return sum(i.room(kind) for i in self.instances if self._available(i, kind, now))
+        return sum(i.room(kind, now) for i in self.instances if self._available(i, kind, now))
 
     def started(self, instance: ApiInstance, kind: JobKind) -> None:
         """Count an attempt sent to ``instance``."""
@@ -174,6 +201,10 @@ class InstanceSet:
         """Whether no instance can take work because no breaker is closed."""
         return self.breaker_enabled and all(i.breaker != CLOSED for i in self.instances)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def limit(self, kind: JobKind) -> int:
+        """The most calls of ``kind`` all instances together may have now."""
+        return sum(i.limit(kind) for i in self.instances)
+
+    def describe(self, now: float) -> list[dict[str, Any]]:
         """Return every instance as plain data."""
-        return [i.describe() for i in self.instances]
+        return [i.describe(now) for i in self.instances]

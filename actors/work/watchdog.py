@@ -237,7 +237,8 @@ class MemoryWatchdog(TrackedActor):
             readings.append(InstanceReading(url, memory_mb, status, reachable, flags.high))
             # The sticky flag, not the reading: a silent instance that was high gets no video.
             self.dispatcher.tell(InstanceMemory(url=url, memory_mb=flags.known_mb,
-                                                pressure=flags.high, answered=reachable))
+                                                pressure=flags.high, answered=reachable,
+                                                status=status if memory_mb is not None else ""))
         first = readings[0]
         s = self.settings
         was_pressure = self.pressure

@@ -90,7 +90,9 @@ class Worker(TrackedActor):
         except CallFailed as exc:
             outcome = self._failed(message, started, type(exc).__name__, exc.message,
                                    exc.retryable, getattr(exc, "retry_after_s", None),
-                                   broke=exc.breaks_instance)
+                                   broke=exc.breaks_instance, status=exc.status,
+                                   reached_api=getattr(exc, "reached_api", True)
+                                   and not isinstance(exc, CompanyLookupFailed))
         except Exception as exc:  # a bug in handling one answer: retry, within the budget
             logger.exception("job %s: unexpected error in %s", message.job_id, self.worker_id)
             outcome = self._failed(message, started, type(exc).__name__, str(exc) or repr(exc),
@@ -117,6 +119,8 @@ class Worker(TrackedActor):
         retry_after_s: float | None,
         *,
         broke: bool = False,
+        status: int | None = None,
+        reached_api: bool = True,
     ) -> JobFailed:
         # The Dispatcher logs the decision (retry or fail); this is the detail.
         logger.debug("job %s attempt %d failed in %s: %s", message.job_id, message.attempt,
@@ -131,6 +135,8 @@ class Worker(TrackedActor):
             duration_s=time.monotonic() - started,
             instance=message.instance,
             broke=broke,
+            status=status,
+            reached_api=reached_api,
         )
 
     def on_failure(

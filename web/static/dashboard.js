@@ -93,7 +93,10 @@
     $(kind + "-waiting").textContent = number(queue.waiting);
     $(kind + "-running").textContent = number(queue.activeJobs)
       + (queue.abandonedCalls ? " (+" + number(queue.abandonedCalls) + " abandoned)" : "");
-    $(kind + "-limit").textContent = queue.maxConcurrent ? " / " + queue.maxConcurrent : "";
+    // Adaptive capacity: the limit it has now, and the configured maximum beside it.
+    const limit = queue.concurrencyLimit ?? queue.maxConcurrent;
+    $(kind + "-limit").textContent = limit === null || limit === undefined ? ""
+      : " / " + limit + (queue.adaptiveConcurrency ? " (adaptive, max " + queue.maxConcurrent + " per instance)" : "");
     $(kind + "-retrying").textContent = number(queue.retrying);
     $(kind + "-completed").textContent = number(queue.completed);
     $(kind + "-failed").textContent = number(queue.failed);

@@ -21,23 +21,36 @@ Claim protocol (``qudemo_claim()`` in pg_schema.py; race-free, and why):
    holder of the lock released it only after its commit was visible, so the
    count includes every claim committed before: count-then-claim is atomic per
    kind across all instances, and ``limits`` can never be exceeded.
-3. In that same statement, pick ``min(free workers, limit - count)`` waiting
-   jobs (0 when the kind is paused) in the global order (effective priority
-   with aging, then arrival ``seq``) with ``FOR UPDATE SKIP LOCKED`` (a row an
-   operator is cancelling right now is skipped, not waited on) and mark them
-   processing with a lease, ``UPDATE ... RETURNING``.
+3. Then take ``min(free workers, limit - count)`` waiting jobs (none when the
+   kind is paused) one at a time (schema 7), each the best of three heads: per
+   base priority the first job in the fair order between companies (tag
+   ``vtime``, then ``seq``; actors/dispatch/fairness.py) of a company not at its
+   running ceiling, the heads compared by effective priority (aging), then
+   ``seq``: the local queue's order exactly. Each is locked ``FOR UPDATE SKIP
+   LOCKED`` (a row an operator is cancelling right now is passed, not waited
+   on), marked processing with a lease, and moves the virtual clock of its
+   (kind, priority) up to its tag (``qudemo_fair_clock``, under the same lock).
 
 The lock serialises the claimers of one kind for the length of one claim (a
 millisecond); finishing, renewing and reaping never take it, since they can
 only lower the count. Slot rows used as a semaphore would let claimers
 overlap, but need resizing whenever an instance changes its limit and
-repairing when a holder dies; the count needs neither. The candidates are
-read per base priority from the waiting index (the oldest of each is also its
-best by aging), so a claim never sorts the whole queue.
+repairing when a holder dies; the count needs neither. A head is one probe of
+the fair index ``(kind, priority, vtime, seq)``, so a claim never sorts the
+queue; passing a capped company's jobs skips at most its waiting ones (bounded
+by ``QUEUE_MAX_WAITING_*_PER_COMPANY``).
+
+Tags are given at insert, in the insert's statement (store.py ``_INSERT_SQL``):
+``start = max(clock, the company's finish)``, ``finish = start + cost / weight``
+upserted into ``qudemo_fair``; the row lock of ``ON CONFLICT DO UPDATE`` makes
+concurrent inserts of one company, on any instances, take their tags in turn. A
+clock read while a claim moves it is at most one job behind: a newcomer then
+ties with the head instead of following it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -92,24 +105,68 @@ def write(conn: Conn, job: Job) -> None:
 
 def claim(conn: Conn, free: dict[JobKind, int], instance_id: str, limits: dict[JobKind, int],
           now: float | None, aging_s: float, lease_ttl_s: float,
-          hold_s: float = 0.0) -> list[Job]:
+          hold_s: float = 0.0, *, ceilings: dict[JobKind, int] | None = None) -> list[Job]:
     """Claim the best waiting jobs per kind within the global limits: one statement.
 
     ``now=None`` is the database's clock. Each claimed job's slot is held until its
-    lease expires and ``now + hold_s`` has passed, whichever is later.
+    lease expires and ``now + hold_s`` has passed, whichever is later. ``ceilings``:
+    at most this many jobs of one company hold a slot of the kind (passed over beyond).
+    Returned in the order claimed (the order to start them in).
     """
     kinds = sorted((k for k, n in free.items() if n > 0), key=lambda k: k.value)
     if not kinds:
         return []
+    ceilings = ceilings or {}
     rows = conn.execute(
         f"SELECT {JOB_COLUMNS} FROM qudemo_claim(%s::text[], %s::bigint[], %s::bigint[],"
-        " %s::float8, %s::float8, %s::text, %s::float8, %s::float8)",
+        " %s::bigint[], %s::float8, %s::float8, %s::text, %s::float8, %s::float8)",
         ([k.value for k in kinds], [free[k] for k in kinds], [limits.get(k, 0) for k in kinds],
-         now, aging_s, instance_id, lease_ttl_s, hold_s)).fetchall()
+         [ceilings.get(k, 0) for k in kinds], now, aging_s, instance_id, lease_ttl_s,
+         hold_s)).fetchall()
     claimed = [row_to_job(row) for row in rows]
     at = now if now is not None else max((j.started_at or 0.0 for j in claimed), default=0.0)
-    claimed.sort(key=lambda j: (effective_priority(j, at, aging_s), j.seq))
-    return claimed
+    return merged(claimed, at, aging_s)
+
+
+def merged(claimed: list[Job], now: float, aging_s: float) -> list[Job]:
+    """Interleave each kind's claimed jobs (each in its claim order) as the local queue would.
+
+    Like ``WaitingQueue.pop_next`` across kinds: the next is the kind whose next job is
+    best by (effective priority, seq); within a kind the claim's order is kept.
+    """
+    lanes: dict[JobKind, list[Job]] = {}
+    for job in claimed:
+        lanes.setdefault(job.kind, []).append(job)
+    order: list[Job] = []
+    while lanes:
+        kind = min(lanes, key=lambda k: (effective_priority(lanes[k][0], now, aging_s),
+                                         lanes[k][0].seq))
+        order.append(lanes[kind].pop(0))
+        if not lanes[kind]:
+            del lanes[kind]
+    return order
+
+
+def charge(conn: Conn, kind: JobKind, priority: int, company: str, extra: float) -> None:
+    """Correct a company's finish by ``extra`` virtual time, never below its last tag."""
+    conn.execute("UPDATE qudemo_fair SET finish = GREATEST(start, finish + %s)"
+                 " WHERE kind = %s AND priority = %s AND company = %s",
+                 (extra, kind.value, priority, company))
+
+
+def companies(conn: Conn, now: float | None) -> dict[str, Counter[tuple[JobKind, str]]]:
+    """Count waiting (queued, retrying) and slot-holding jobs per (kind, company)."""
+    at = f"coalesce(%(now)s::float8, {DB_NOW})"
+    rows = conn.execute(
+        "SELECT kind, company, state <> 'processing', count(*) FROM qudemo_jobs"
+        " WHERE state IN ('queued', 'retrying') OR (" + SLOT_HELD_SQL.format(now=at) + ")"
+        " GROUP BY 1, 2, 3", {"now": now})
+    found: dict[str, Counter[tuple[JobKind, str]]] = {"waiting": Counter(),
+                                                      "running": Counter()}
+    for kind, company, waiting, count in rows:
+        if kind in _KINDS:
+            found["waiting" if waiting else "running"][_KINDS[kind], company] = int(count)
+    return found
 
 
 def renew(conn: Conn, instance_id: str, job_ids: list[str], now: float | None,
@@ -205,13 +262,20 @@ def reap(conn: Conn, now: float | None, instance_id: str | None,
 
 
 def position(conn: Conn, job_id: str, now: float, aging_s: float) -> int | None:
-    """Return a queued job's 1-based place among its kind's queued jobs, in claim order."""
+    """Return a queued job's 1-based place among its kind's queued jobs, in claim order.
+
+    In its own priority, the jobs before it in the fair order; in the others, those
+    before it by (effective priority, seq), as the local queue counts.
+    """
     order = order_sql(aging_s).replace(", seq", "")
     row = conn.execute(
-        f"WITH me AS (SELECT kind, {order} AS eff, seq FROM qudemo_jobs"
+        f"WITH me AS (SELECT kind, priority, vtime, {order} AS eff, seq FROM qudemo_jobs"
         " WHERE id = %(id)s AND state = 'queued')"
-        f" SELECT (SELECT count(*) FROM qudemo_jobs j WHERE j.kind = me.kind"
-        f" AND j.state = 'queued' AND ({order}, j.seq)"
+        " SELECT (SELECT count(*) FROM qudemo_jobs j WHERE j.kind = me.kind"
+        " AND j.state = 'queued' AND j.priority = me.priority AND (j.vtime, j.seq)"
+        " < (me.vtime, me.seq))"
+        " + (SELECT count(*) FROM qudemo_jobs j WHERE j.kind = me.kind"
+        f" AND j.state = 'queued' AND j.priority <> me.priority AND ({order}, j.seq)"
         " < (me.eff, me.seq)) FROM me", {"id": job_id, "now": now, "aging": aging_s}).fetchone()
     return None if row is None else int(row[0]) + 1
 

@@ -44,7 +44,8 @@ class SharedQueue:
 
     def claim(self, kinds_with_free_workers: dict[JobKind, int], instance_id: str,
               limits: dict[JobKind, int], now: float | None, aging_s: float,
-              lease_ttl_s: float, hold_s: float = 0.0) -> list[Job]:
+              lease_ttl_s: float, hold_s: float = 0.0, *,
+              ceilings: dict[JobKind, int] | None = None) -> list[Job]:
         """Claim the best waiting jobs, within per-kind limits counted across all instances.
 
         Waiting means ``queued``, or ``retrying`` with ``next_attempt_at <= now``
@@ -59,13 +60,17 @@ class SharedQueue:
         whose instance died may still be at the Python API until then).
         ``now=None`` is the database's clock (what instances use).
 
+        ``ceilings`` (per kind): at most this many jobs of one company hold a slot;
+        its other jobs are passed over for the next company's.
+
         Returns:
             The claimed jobs in the global order: effective priority (aging by one
-            level per ``aging_s`` waited), then arrival ``seq``; start them in it.
+            level per ``aging_s`` waited) of each base priority's head in the fair
+            order between companies, then arrival ``seq``; start them in it.
         """
         with self._conn() as conn:
             return pg_claims.claim(conn, kinds_with_free_workers, instance_id, limits, now,
-                                   aging_s, lease_ttl_s, hold_s)
+                                   aging_s, lease_ttl_s, hold_s, ceilings=ceilings)
 
     def renew_leases(self, instance_id: str, job_ids: Iterable[str],
                      ttl: float, *, now: float | None = None) -> set[str]:

@@ -10,6 +10,9 @@ Tables and the claim function (all in the connection's ``current_schema()``)::
     qudemo_idempotency_keys  a caller's Idempotency-Key -> the job it made, until it expires
     qudemo_job_events one row per new job and per change of a job's state (triggers on
                       qudemo_jobs); the source of the live event streams
+    qudemo_fair       per (kind, priority, company): the last tag given and the finish
+                      (virtual time) of its queued work: the fair order between companies
+    qudemo_fair_clock per (kind, priority): the virtual clock, the highest tag claimed
     qudemo_claim()    the claim, one call and one round trip (pg_claims.py explains it)
 
 A job ``processing`` holds a slot of its kind while its lease is live or its
@@ -372,6 +375,134 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER qudemo_jobs_event_changed AFTER UPDATE OF state ON qudemo_jobs
         FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
         EXECUTE FUNCTION qudemo_job_event();
+    """,
+    # 7: the fair order between companies (actors/dispatch/fairness.py). A job's company
+    # (casefolded) and its tag (vtime) are columns, the tag given in the insert's own
+    # statement from qudemo_fair (a company's finish per kind and priority, row-locked by
+    # ON CONFLICT, so concurrent inserts of one company tag in turn) and qudemo_fair_clock
+    # (the highest tag claimed per kind and priority, moved by the claim under its lock).
+    # The claim takes one job at a time: the best of the three priority heads, each the
+    # first in fair order of a company not at its running ceiling.
+    r"""
+    ALTER TABLE qudemo_jobs ADD COLUMN company text NOT NULL DEFAULT '',
+        ADD COLUMN vtime double precision NOT NULL DEFAULT 0;
+    UPDATE qudemo_jobs SET company = lower(coalesce(record->'data'->>'company_name', ''))
+        WHERE state IN ('queued', 'processing', 'retrying');
+    DROP INDEX qudemo_jobs_waiting;
+    CREATE INDEX qudemo_jobs_fair ON qudemo_jobs (kind, priority, vtime, seq)
+        WHERE state IN ('queued', 'retrying');
+    CREATE TABLE qudemo_fair (
+        kind text NOT NULL,
+        priority smallint NOT NULL,
+        company text NOT NULL,
+        start double precision NOT NULL,
+        finish double precision NOT NULL,
+        PRIMARY KEY (kind, priority, company)
+    );
+    CREATE TABLE qudemo_fair_clock (
+        kind text NOT NULL,
+        priority smallint NOT NULL,
+        v double precision NOT NULL,
+        PRIMARY KEY (kind, priority)
+    );
+    DROP FUNCTION qudemo_claim(text[], bigint[], bigint[], double precision, double precision,
+                               text, double precision, double precision);
+    CREATE FUNCTION qudemo_claim(p_kinds text[], p_free bigint[], p_limits bigint[],
+                                 p_ceilings bigint[], p_now double precision,
+                                 p_aging double precision, p_owner text,
+                                 p_ttl double precision, p_hold double precision)
+    RETURNS SETOF qudemo_jobs LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT
+    AS $claim$
+    DECLARE
+        k integer;
+        n bigint;
+        v_room bigint;
+        v_id text;
+        v_capped text[];
+        v_skipped text[];
+        v_row qudemo_jobs;
+        v_now double precision := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+    BEGIN
+        FOR k IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP  -- callers sort the kinds
+            -- Skipped before the lock when nothing is claimable or every slot is taken
+            -- (a NOTIFY follows whatever changes that; schema 2).
+            CONTINUE WHEN NOT EXISTS (
+                SELECT 1 FROM qudemo_jobs h WHERE h.kind = p_kinds[k]
+                  AND h.state IN ('queued', 'retrying')
+                  AND (h.state = 'queued' OR h.next_attempt_at <= v_now))
+              OR (SELECT count(*) FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                    AND s.state = 'processing' AND NOT s.has_result
+                    AND (s.lease_expires_at > v_now OR s.hold_until > v_now)) >= p_limits[k];
+            PERFORM pg_advisory_xact_lock(
+                hashtextextended(current_schema() || ':qudemo:' || 'claim:' || p_kinds[k], 0));
+            CONTINUE WHEN EXISTS (
+                SELECT 1 FROM qudemo_pauses p WHERE p.kind = p_kinds[k]
+                  AND (p.instance_id = '' OR EXISTS (
+                      SELECT 1 FROM qudemo_instances i
+                      WHERE i.id = p.instance_id AND i.expires_at > v_now)));
+            SELECT GREATEST(0, LEAST(p_free[k], p_limits[k] - count(*))) INTO v_room
+              FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                AND s.state = 'processing' AND NOT s.has_result
+                AND (s.lease_expires_at > v_now OR s.hold_until > v_now);
+            v_skipped := '{}';
+            n := 0;
+            WHILE n < v_room LOOP
+                v_capped := '{}';
+                IF p_ceilings[k] > 0 THEN  -- companies at their running ceiling: passed over
+                    SELECT coalesce(array_agg(c.company), '{}') INTO v_capped FROM (
+                        SELECT s.company FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                          AND s.state = 'processing' AND NOT s.has_result
+                          AND (s.lease_expires_at > v_now OR s.hold_until > v_now)
+                        GROUP BY s.company HAVING count(*) >= p_ceilings[k]) c;
+                END IF;
+                -- The fair head of each base priority; the best of them by aging, then seq.
+                SELECT w.id INTO v_id FROM (
+                    (SELECT h.id, h.priority, h.created_at, h.seq FROM qudemo_jobs h
+                     WHERE h.kind = p_kinds[k] AND h.priority <= 1
+                       AND h.state IN ('queued', 'retrying')
+                       AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                       AND h.company <> ALL (v_capped) AND h.id <> ALL (v_skipped)
+                     ORDER BY h.priority, h.vtime, h.seq LIMIT 1)
+                    UNION ALL
+                    (SELECT h.id, h.priority, h.created_at, h.seq FROM qudemo_jobs h
+                     WHERE h.kind = p_kinds[k] AND h.priority = 2
+                       AND h.state IN ('queued', 'retrying')
+                       AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                       AND h.company <> ALL (v_capped) AND h.id <> ALL (v_skipped)
+                     ORDER BY h.priority, h.vtime, h.seq LIMIT 1)
+                    UNION ALL
+                    (SELECT h.id, h.priority, h.created_at, h.seq FROM qudemo_jobs h
+                     WHERE h.kind = p_kinds[k] AND h.priority >= 3
+                       AND h.state IN ('queued', 'retrying')
+                       AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                       AND h.company <> ALL (v_capped) AND h.id <> ALL (v_skipped)
+                     ORDER BY h.priority, h.vtime, h.seq LIMIT 1)
+                ) w
+                ORDER BY CASE WHEN p_aging > 0 THEN GREATEST(1, w.priority - floor(
+                             GREATEST(0, v_now - w.created_at) / p_aging)::bigint)
+                         ELSE w.priority END, w.seq
+                LIMIT 1;
+                EXIT WHEN v_id IS NULL;
+                -- A row an operator is cancelling right now is passed, not waited on.
+                PERFORM 1 FROM qudemo_jobs j WHERE j.id = v_id
+                  AND j.state IN ('queued', 'retrying') FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN
+                    v_skipped := v_skipped || v_id;
+                    CONTINUE;
+                END IF;
+                UPDATE qudemo_jobs j SET state = 'processing', attempts = j.attempts + 1,
+                    started_at = v_now, next_attempt_at = NULL, lease_owner = p_owner,
+                    lease_expires_at = v_now + p_ttl, hold_until = v_now + p_hold
+                WHERE j.id = v_id RETURNING j.* INTO v_row;
+                INSERT INTO qudemo_fair_clock AS c (kind, priority, v)
+                    VALUES (v_row.kind, v_row.priority, v_row.vtime)
+                    ON CONFLICT (kind, priority) DO UPDATE SET v = GREATEST(c.v, EXCLUDED.v);
+                n := n + 1;
+                RETURN NEXT v_row;
+            END LOOP;
+        END LOOP;
+    END
+    $claim$;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,12 +29,13 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from actors.dispatch.fairness import NO_COMPANY, FairShare
 from actors.model.errors import DuplicateJob, IdempotencyKeyTaken, StoreUnavailable
 from actors.model.events import EventList
 from actors.model.jobs import Job, JobKind, JobState, KeyedJob
 from actors.runtime.timers import TimerService
 from actors.stores.base import JobList, StateCounts
-from actors.stores.postgres.claims import CHANNEL, notify
+from actors.stores.postgres.claims import CHANNEL, charge, companies, notify
 from actors.stores.postgres.events import EventHorizon, read_events
 from actors.stores.postgres.fence import LeaseKeeper, LeaseSet
 from actors.stores.postgres.queue import SharedQueue
@@ -58,14 +59,25 @@ FAIL_FAST_S = 1.0
 CLIENT_DEADLINE_GRACE_S = 2.0
 """How long past ``statement_timeout`` a call may block before its connection is cut."""
 
-_INSERT_SQL = (
-    "INSERT INTO qudemo_jobs (id, kind, state, owner, priority, created_at, started_at,"
-    " finished_at, next_attempt_at, attempts, max_attempts, last_error, dedupe_key,"
-    " has_result, record) VALUES (%(id)s, %(kind)s, %(state)s, %(owner)s, %(priority)s,"
-    " %(created_at)s, %(started_at)s, %(finished_at)s, %(next_attempt_at)s, %(attempts)s,"
-    " %(max_attempts)s, %(last_error)s, %(dedupe_key)s, %(has_result)s, %(record)s)"
-    " RETURNING seq"
+_TAGGED_INSERT_SQL = (
+    # The job's tag in the fair order (pg_claims.py): its company's finish, or the clock.
+    "WITH clock AS (SELECT coalesce((SELECT v FROM qudemo_fair_clock WHERE kind = %(kind)s"
+    " AND priority = %(priority)s), 0) AS v),"
+    " tag AS (INSERT INTO qudemo_fair AS f (kind, priority, company, start, finish)"
+    " SELECT %(kind)s, %(priority)s, %(company)s, v, v + %(cost)s FROM clock"
+    " ON CONFLICT (kind, priority, company) DO UPDATE"
+    " SET start = GREATEST(f.finish, EXCLUDED.start),"
+    " finish = GREATEST(f.finish, EXCLUDED.start) + %(cost)s RETURNING start),"
+    " added AS (INSERT INTO qudemo_jobs (id, kind, state, owner, priority, created_at,"
+    " started_at, finished_at, next_attempt_at, attempts, max_attempts, last_error, dedupe_key,"
+    " has_result, record, company, vtime) VALUES (%(id)s, %(kind)s, %(state)s, %(owner)s,"
+    " %(priority)s, %(created_at)s, %(started_at)s, %(finished_at)s, %(next_attempt_at)s,"
+    " %(attempts)s, %(max_attempts)s, %(last_error)s, %(dedupe_key)s, %(has_result)s,"
+    " %(record)s, %(company)s, (SELECT start FROM tag)) RETURNING seq, kind)"
 )
+_INSERT_SQL = _TAGGED_INSERT_SQL + " SELECT seq FROM added"
+_INSERT_NOTIFY_SQL = _TAGGED_INSERT_SQL + " SELECT seq, pg_notify(%(channel)s, kind) FROM added"
+"""The wake-up in the same statement: one round trip."""
 
 
 class IdleCheck:
@@ -111,6 +123,7 @@ class PostgresJobStore(SharedQueue):
             and live pauses (so instances never disagree about a lease).
         statement_timeout_s: no statement runs longer (``statement_timeout``); pooled
             and keeper connections also have TCP keepalives and a user timeout.
+        share: the companies' weights in the fair order (default: all 1).
 
     Raises:
         StoreUnavailable: unreachable, or a schema newer than this program knows.
@@ -121,8 +134,9 @@ class PostgresJobStore(SharedQueue):
     def __init__(self, conninfo: str, *, instance_id: str | None = None, pool_size: int = 4,
                  connect_timeout_s: float = 10.0, idle_check_s: float = 5.0,
                  clock: Callable[[], float] | None = None,
-                 statement_timeout_s: float = 10.0) -> None:
+                 statement_timeout_s: float = 10.0, share: FairShare | None = None) -> None:
         self.where = redact(conninfo)
+        self.share = share or FairShare()  # weights of the fair order, tagged at insert
         self.instance_id = instance_id or new_instance_id()
         self.leases = LeaseSet()  # the jobs whose leases this instance holds
         self._down_until = float("-inf")
@@ -238,13 +252,11 @@ class PostgresJobStore(SharedQueue):
         Raises:
             DuplicateJob: an active job already has the same ``dedupe_key`` (on any instance).
         """
-        statement = _INSERT_SQL
-        if job.state == JobState.QUEUED:  # the wake-up in the same statement: one round trip
-            statement = (f"WITH added AS ({_INSERT_SQL}, kind)"
-                         " SELECT seq, pg_notify(%(channel)s, kind) FROM added")
+        statement = _INSERT_NOTIFY_SQL if job.state == JobState.QUEUED else _INSERT_SQL
         try:
             with self._tx() if job.idempotency is not None else self._conn() as conn:
-                row = conn.execute(statement, {**job_params(job), "channel": CHANNEL}).fetchone()
+                row = conn.execute(statement, {**self._params(job),
+                                               "channel": CHANNEL}).fetchone()
                 if job.idempotency is not None:
                     self._claim_key(conn, job)
         except errors.UniqueViolation as exc:
@@ -290,12 +302,28 @@ class PostgresJobStore(SharedQueue):
 
         One wake-up per kind. Raises like ``insert`` (then nothing is added).
         """
-        batch = [job_params(job) for job in jobs]
+        batch = [self._params(job) for job in jobs]
         with self._tx() as conn, conn.cursor() as cursor:
             cursor.executemany(_INSERT_SQL, batch)
             for kind in sorted({p["kind"] for p in batch if p["state"] == "queued"}):
                 notify(conn, JobKind(kind))
         return len(batch)
+
+    def _params(self, job: Job) -> dict[str, Any]:
+        """A new job's row parameters, with its company and the cost it is tagged with."""
+        return {**job_params(job), "company": job.company or NO_COMPANY,
+                "cost": self.share.cost(job.kind, job.company)}
+
+    def charge(self, job: Job, extra_s: float) -> None:
+        """Correct the fair order by an attempt's measured minus nominal cost (seconds)."""
+        with self._conn() as conn:
+            charge(conn, job.kind, job.priority, job.company or NO_COMPANY,
+                   extra_s / self.share.weight(job.company))
+
+    def company_counts_now(self) -> dict[str, Counter[tuple[JobKind, str]]]:
+        """Waiting and slot-holding jobs per (kind, company), across every instance."""
+        with self._conn() as conn:
+            return companies(conn, self._lease_now())
 
     def _active_id(self, dedupe_key: str) -> str:
         with self._conn() as conn:
@@ -402,6 +430,10 @@ class PostgresJobStore(SharedQueue):
         with self._conn() as conn:
             conn.execute("DELETE FROM qudemo_instances WHERE expires_at < %s",
                          (self._clock() - 3600.0,))
+            # A finish the clock has passed is the same as none (fairness.py).
+            conn.execute("DELETE FROM qudemo_fair f USING qudemo_fair_clock c"
+                         " WHERE c.kind = f.kind AND c.priority = f.priority"
+                         " AND f.finish <= c.v")
 
     # --- the event log (any thread; pooled connections, never the registry's) -----------
 
