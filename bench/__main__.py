@@ -21,9 +21,11 @@ from typing import Any
 from bench import (
     chart,
     core_throughput,
+    fairness,
     http_enqueue,
     isolation,
     memory,
+    overload,
     report,
     retention_steady,
 )
@@ -33,17 +35,21 @@ FULL: dict[str, Callable[[], Any]] = {
     "http_enqueue": lambda: http_enqueue.run(duration_s=10.0, repeat=2),
     "core_throughput": lambda: core_throughput.run(jobs=2000, repeat=3),
     "isolation": lambda: isolation.run(questions=400, interval_s=0.005, repeat=3),
+    "fairness": lambda: fairness.run(seeds=5, repeat=3),
     "memory": lambda: memory.run(jobs=10_000, batch=2_000),
     "retention_steady": lambda: retention_steady.run(jobs=10_000, repeat=3, pg_jobs=2000,
                                                      pg_repeat=3),
+    "overload": lambda: overload.run(videos=4, questions=120, repeat=2),
 }
 QUICK: dict[str, Callable[[], Any]] = {
     "http_enqueue": lambda: http_enqueue.run(duration_s=2.0, repeat=1),
     "core_throughput": lambda: core_throughput.run(jobs=300, repeat=1),
     "isolation": lambda: isolation.run(questions=60, interval_s=0.005, repeat=1),
+    "fairness": lambda: fairness.run(seeds=2, repeat=1),
     "memory": lambda: memory.run(jobs=1_000, batch=500),
     "retention_steady": lambda: retention_steady.run(jobs=300, repeat=1, pg_jobs=200,
                                                      pg_repeat=1),
+    "overload": lambda: overload.run(videos=2, questions=40, repeat=1),
 }
 
 
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         aims = "; ".join(f"{aim}: {met}" for aim, met in result.get("aims", {}).items())
         print(f"   {time.monotonic() - started:.0f} s. {aims}", flush=True)
-    print(f"chart: {chart.render()}\n")
+    print(f"chart: {chart.render()}, {chart.overload_plot()}\n")
     print(report.markdown())
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 
 from bench.common import read_result, results_dir
 
-OURS, LIMIT, PEER = "#2a6fb0", "#999999", "#d08c2c"
+OURS, LIMIT, PEER, DURABLE = "#2a6fb0", "#999999", "#d08c2c", "#8c5a2c"
 
 
 def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str],
@@ -50,18 +50,20 @@ def http_panel(ax: Any, r: dict[str, Any]) -> None:
 
 def core_panel(ax: Any, r: dict[str, Any]) -> None:
     """Jobs per second relative to the ThreadPoolExecutor, with the 0.5 aim."""
-    res = r["results"]
-    names = [n for n in ("threadpool", "jobsystem_memory", "jobsystem_sqlite", "dramatiq",
-                         "huey") if n in res]
-    labels = {"threadpool": "thread\npool", "jobsystem_memory": "ours\nmemory",
-              "jobsystem_sqlite": "ours\nsqlite", "dramatiq": "dramatiq", "huey": "huey"}
-    colors = [LIMIT if n == "threadpool" else OURS if n.startswith("jobsystem") else PEER
-              for n in names]
-    _bars(ax, [labels[n] for n in names], [res[n]["vs_threadpool"] for n in names], colors,
+    res, labels, durable = r["results"], r["labels"], set(r["durable"])
+    names = list(res)
+    colors = [LIMIT if n == "threadpool" else OURS if n.startswith("jobsystem")
+              else DURABLE if n in durable else PEER for n in names]
+    _bars(ax, [labels[n].replace(" store", "") for n in names],
+          [res[n]["vs_threadpool"] for n in names], colors,
           [f"{res[n]['jobs_per_s']:.0f}/s" for n in names])
+    ax.tick_params(axis="x", labelsize=7, labelrotation=35)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
     ax.axhline(0.5, ls="--", color="k", lw=0.8)
     ax.set_ylabel("jobs/s / ThreadPoolExecutor")
-    ax.set_title("Core throughput, no-op jobs", fontsize=10)
+    ax.set_title(f"Core throughput, {r['machine']['date'][:10]}: no-op jobs "
+                 "(orange: in memory, brown: durable)", fontsize=9)
 
 
 def isolation_panel(ax: Any, r: dict[str, Any]) -> None:
@@ -138,5 +140,38 @@ def render(path: Path | None = None) -> Path | None:
     return path
 
 
+
+def overload_plot(path: Path | None = None) -> Path | None:
+    """Draw ``overload.png``: the adaptive limit over time beside the static run, the knee."""
+    result = read_result("overload")
+    if result is None:
+        return None
+    path = path or results_dir() / "overload.png"
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for mode, color in (("static", PEER), ("adaptive", OURS)):
+        samples = result[mode]["limit_over_time"]
+        times = [t for t, *_ in samples]
+        if mode == "adaptive":
+            ax.step(times, [limit for _, limit, _, _ in samples], where="post", color=color,
+                    lw=1.6, label="adaptive: limit of the instance (both kinds)")
+        ax.plot(times, [n for *_, n in samples], color=color, lw=0.8, alpha=0.7,
+                label=f"{mode}: calls in flight ({result[mode]['server_errors']} 5xx, "
+                      f"done in {result[mode]['total_s']:.1f} s)")
+    ax.axhline(result["knee"], ls="--", color="k", lw=0.8, label="the stand-in's knee")
+    ax.set_xlabel("seconds since the burst")
+    ax.set_ylabel("calls")
+    ax.set_ylim(0, 13)
+    ax.legend(fontsize=7, loc="upper right")
+    machine = result["machine"]
+    ax.set_title(f"Overload: {result['videos']} videos + {result['questions']} questions, knee "
+                 f"at {result['knee']}; {machine['date'][:10]}, {machine['cpu_count']} CPUs",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 if __name__ == "__main__":
     print(render())
+    print(overload_plot())

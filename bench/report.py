@@ -43,23 +43,28 @@ def http_rows(r: dict[str, Any]) -> list[str]:
 
 
 def core_rows(r: dict[str, Any]) -> list[str]:
-    """Rows of the core throughput benchmark."""
-    res, aims = r["results"], list(r["aims"].values())
-    limit = res["threadpool"]["jobs_per_s"]
-    def cpu(name: str) -> str:
-        value = res[name].get("cpu_ms_per_job")
-        return f", {value:.2f} ms CPU/job" if value is not None else ""
+    """Rows of the core throughput benchmark: each aim as our runner beside its baseline."""
+    res, labels = r["results"], r["labels"]
 
-    peers = "; ".join(f"{p} {res[p]['jobs_per_s']:.0f} ({res[p]['vs_threadpool']:.2f}{cpu(p)})"
-                      for p in ("dramatiq", "huey") if p in res)
-    peers += "".join(f", {p}: {why}" for p, why in r.get("unavailable", {}).items())
-    return [_row(f"core no-op jobs/s, {store} store",
-                 f"{res[f'jobsystem_{store}']['jobs_per_s']:.0f} jobs/s"
-                 f"{cpu(f'jobsystem_{store}')}",
-                 f"ThreadPoolExecutor {limit:.0f}{cpu('threadpool')}; {peers}",
-                 f"{res[f'jobsystem_{store}']['vs_threadpool']:.2f}",
-                 "≥ 0.5; ahead of both peers", f"{aims[2 * n]}; {aims[2 * n + 1]}")
-            for n, store in enumerate(("memory", "sqlite"))]
+    def figures(name: str) -> str:
+        f = res[name]
+        text = f"{labels[name]}: {f['jobs_per_s']:.0f} jobs/s, {f['cpu_ms_per_job']:.2f} ms CPU/job"
+        if "redis_cpu_ms_per_job" in f:
+            text += f" (+ {f['redis_cpu_ms_per_job']:.2f} ms in redis-server)"
+        return text
+
+    rows = []
+    for c in r["comparisons"]:
+        ours, baseline = c["ours"], c["baseline"]
+        name = f"core no-op jobs/s, {labels[ours]} vs {labels[baseline]}"
+        if c["met"] == "not run":
+            rows.append(_row(name, figures(ours), f"{labels[baseline]}: "
+                             f"{r['unavailable'][baseline]}", "", c["aim"], "not run"))
+        else:
+            rows.append(_row(name, figures(ours), figures(baseline),
+                             f"{c['jobs_ratio']:.2f} (CPU {c['cpu_ratio']:.2f}x)", c["aim"],
+                             c["met"]))
+    return rows
 
 
 def isolation_rows(r: dict[str, Any]) -> list[str]:
@@ -123,6 +128,28 @@ def steady_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def overload_rows(r: dict[str, Any]) -> list[str]:
+    """Rows of the overload benchmark: adaptive capacity beside the static limits."""
+    a, st, aims = r["adaptive"], r["static"], r["aims"]
+
+    def aim(prefix: str) -> str:
+        return next(v for k, v in aims.items() if k.startswith(prefix))
+
+    return [
+        _row("overload: 5xx from the stand-in", a["server_errors"], st["server_errors"],
+             f"{r['errors_vs_static']}", "≤ 0.25", aim("5xx")),
+        _row("overload: jobs completed", f"{a['completed']}/{a['jobs']}",
+             f"{st['completed']}/{st['jobs']}", "", "all", aim("every job")),
+        _row("overload: total time", f"{a['total_s']} s", f"{st['total_s']} s",
+             f"{r['time_vs_static']}", "≤ 1", aim("total time")),
+        _row("overload: Q&A p50 / p99 (submitted to finished)",
+             f"{a['qa_p50_s']} / {a['qa_p99_s']} s", f"{st['qa_p50_s']} / {st['qa_p99_s']} s",
+             f"{r['qa_p99_vs_static']}", "p99 < 1", aim("Q&A p99")),
+        _row("overload: most calls in progress at the stand-in", a["max_in_progress"],
+             st["max_in_progress"], "", f"near the knee ({r['knee']})", ""),
+    ]
+
+
 def _where(machine: dict[str, Any]) -> str:
     return (f"Run {machine['date']} on {machine['platform']}, {machine['cpu_count']} CPUs, "
             f"{machine['memory_gb']} GB, Python {machine['python']}.")
@@ -131,21 +158,25 @@ def _where(machine: dict[str, Any]) -> str:
 def markdown() -> str:
     """Return the table of every result present, with the date and machine.
 
-    The steady-state benchmark has a table of its own (it is often run on its own day).
+    The core throughput and steady-state benchmarks have tables of their own (they are often
+    run on their own day).
     """
     rows, machine = [], None
-    for name, builder in (("http_enqueue", http_rows), ("core_throughput", core_rows),
-                          ("isolation", isolation_rows), ("memory", memory_rows)):
+    for name, builder in (("http_enqueue", http_rows), ("isolation", isolation_rows),
+                          ("memory", memory_rows)):
         result = read_result(name)
         if result is None:
             continue
         machine = machine or result["machine"]
         rows.extend(builder(result))
     parts = [] if machine is None else [_where(machine), "", HEADER, *rows]
-    steady = read_result("retention_steady")
-    if steady is not None:
-        parts.extend([*([""] if parts else []), "Steady state: " + _where(steady["machine"]),
-                      "", HEADER, *steady_rows(steady)])
+    for name, title, builder in (("core_throughput", "Core throughput", core_rows),
+                                 ("retention_steady", "Steady state", steady_rows),
+                                 ("overload", "Overload (adaptive vs static)", overload_rows)):
+        result = read_result(name)
+        if result is not None:
+            parts.extend([*([""] if parts else []), f"{title}: " + _where(result["machine"]),
+                          "", HEADER, *builder(result)])
     return "\n".join(parts) if parts else "(no results yet: run `python -m bench`)"
 
 

@@ -1,24 +1,34 @@
-"""The same no-op jobs run by the limit and by two peers, in-process, for core throughput.
+"""The same no-op jobs run by the limit and by peers, in-process, for core throughput.
 
 A job is one ``POST /ask-question`` through ``actors.work.python_api.PythonApiClient`` (the
-client the job system's workers use) to a stand-in that answers at once. Each runner
-starts its machinery, then times from the first submission to the last completion, with
-``workers`` jobs at a time:
+client the job system's workers use) to a stand-in that answers at once. Each runner starts
+its machinery, then times from the first submission to the last completion (``drive``), with
+``workers`` jobs at a time, every job submitted from one thread. One module per peer family:
 
-* ``threadpool``: ``concurrent.futures.ThreadPoolExecutor``, the limit (no queue
+* here, ``threadpool``: ``concurrent.futures.ThreadPoolExecutor``, the limit (no queue
   bookkeeping, no records, no retries);
-* ``dramatiq``: dramatiq's ``StubBroker`` and a ``Worker`` with ``workers`` threads,
-  default middleware (retries off, as a no-op job never fails);
-* ``huey``: ``MemoryHuey`` and its consumer with ``workers`` threads, defaults otherwise.
+* ``bench.peers.with_dramatiq``: a ``Worker`` with ``workers`` threads on ``StubBroker`` (in
+  memory) or ``RedisBroker`` (durable), default middleware, retries off;
+* ``bench.peers.with_huey``: the thread consumer with ``workers`` threads on ``MemoryHuey`` or
+  ``SqliteHuey`` (durable, huey's defaults: WAL, SQLite's default ``synchronous``);
+* ``bench.peers.with_rq``: ``workers`` RQ ``SimpleWorker`` threads on Redis;
+* ``bench.peers.with_celery``: Celery's embedded worker, ``threads`` pool of ``workers``, on
+  Redis, results ignored.
+
+``PEERS`` lists every peer with what it needs; the Redis peers get the URL of the
+benchmark's own ``redis-server`` (``bench.redis_server``) as ``redis_url``.
 """
 
 from __future__ import annotations
 
-import signal
+import importlib
+import importlib.util
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from actors.dispatch.attempts import AttemptCall
@@ -26,6 +36,7 @@ from actors.work.python_api import PythonApiClient
 
 QUESTION = {"question": "What are the main features?", "company_name": "acme-corp"}
 TIMEOUT_S = 300.0
+WAIT_S = 600.0
 
 
 class Countdown:
@@ -66,78 +77,62 @@ def one_job(client: PythonApiClient, countdown: Countdown) -> Callable[[], None]
     return job
 
 
+def drive(countdown: Countdown, submit: Callable[[], object]) -> dict[str, Any]:
+    """Submit ``countdown.total`` jobs from this thread; time until the last one finished."""
+    started = time.perf_counter()
+    for _ in range(countdown.total):
+        submit()
+    finished = countdown.wait(WAIT_S)
+    elapsed = time.perf_counter() - started
+    if not finished:
+        raise RuntimeError(f"only {countdown.done} of {countdown.total} jobs finished")
+    return {"jobs": countdown.total, "failed": countdown.failed,
+            "seconds": round(elapsed, 3), "jobs_per_s": round(countdown.total / elapsed, 1)}
+
+
 def run_threadpool(client: PythonApiClient, jobs: int, workers: int) -> dict[str, Any]:
     """Run ``jobs`` calls on a ThreadPoolExecutor of ``workers`` threads."""
     countdown = Countdown(jobs)
     job = one_job(client, countdown)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        started = time.perf_counter()
-        for _ in range(jobs):
-            pool.submit(job)
-        finished = countdown.wait(600)
-        elapsed = time.perf_counter() - started
-    return _outcome(countdown, elapsed, finished)
+        return drive(countdown, lambda: pool.submit(job))
 
 
-def run_dramatiq(client: PythonApiClient, jobs: int, workers: int) -> dict[str, Any]:
-    """Run ``jobs`` dramatiq messages through a StubBroker and a Worker."""
-    import dramatiq
-    from dramatiq.brokers.stub import StubBroker
+@dataclass(frozen=True)
+class Peer:
+    """One peer runner: where it lives, what it needs, how the results name it."""
 
-    broker = StubBroker()
-    broker.emit_after("process_boot")
-    countdown = Countdown(jobs)
-    body = one_job(client, countdown)
+    name: str  # its key in the results
+    label: str  # how the README's table names it
+    package: str  # what must be importable for it to run
+    durable: bool  # its queue survives a restart (SQLite file or Redis append-only file)
+    function: str  # ``module:function``, called as (client, jobs, workers[, redis_url=])
+    redis: bool = False  # needs the benchmark's redis-server
 
-    @dramatiq.actor(broker=broker, max_retries=0, queue_name="bench")
-    def ask() -> None:
-        body()
+    def runner(self) -> Callable[..., dict[str, Any]]:
+        """Return the run function (its module is imported now, not before)."""
+        module, _, function = self.function.partition(":")
+        runner: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module),
+                                                        function)
+        return runner
 
-    worker = dramatiq.Worker(broker, worker_threads=workers, worker_timeout=100)
-    worker.start()
-    try:
-        started = time.perf_counter()
-        for _ in range(jobs):
-            ask.send()
-        finished = countdown.wait(600)
-        elapsed = time.perf_counter() - started
-    finally:
-        worker.stop()
-        broker.close()
-    return _outcome(countdown, elapsed, finished)
-
-
-def run_huey(client: PythonApiClient, jobs: int, workers: int) -> dict[str, Any]:
-    """Run ``jobs`` huey tasks through MemoryHuey and its thread consumer."""
-    from huey import MemoryHuey
-
-    huey = MemoryHuey("bench", immediate=False)
-    countdown = Countdown(jobs)
-    body = one_job(client, countdown)
-
-    @huey.task()
-    def ask() -> None:
-        body()
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
-                                                        signal.SIGHUP)}
-    consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False)
-    consumer.start()  # installs signal handlers: given back below
-    try:
-        started = time.perf_counter()
-        for _ in range(jobs):
-            ask()
-        finished = countdown.wait(600)
-        elapsed = time.perf_counter() - started
-    finally:
-        consumer.stop(graceful=True)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return _outcome(countdown, elapsed, finished)
+    def unavailable(self) -> str | None:
+        """Return why this peer cannot run here, or ``None`` when it can."""
+        if importlib.util.find_spec(self.package) is None:
+            return f"{self.package} not installed (pip install -e '.[bench]')"
+        if self.redis and shutil.which("redis-server") is None:
+            return "redis-server not found (apt-get install redis-server)"
+        return None
 
 
-def _outcome(countdown: Countdown, elapsed_s: float, finished: bool) -> dict[str, Any]:
-    if not finished:
-        raise RuntimeError(f"only {countdown.done} of {countdown.total} jobs finished")
-    return {"jobs": countdown.total, "failed": countdown.failed,
-            "seconds": round(elapsed_s, 3), "jobs_per_s": round(countdown.total / elapsed_s, 1)}
+PEERS = (
+    Peer("dramatiq_stub", "dramatiq, StubBroker", "dramatiq", False,
+         "bench.peers.with_dramatiq:run_stub"),
+    Peer("huey_memory", "huey, MemoryHuey", "huey", False, "bench.peers.with_huey:run_memory"),
+    Peer("huey_sqlite", "huey, SqliteHuey", "huey", True, "bench.peers.with_huey:run_sqlite"),
+    Peer("dramatiq_redis", "dramatiq, RedisBroker", "dramatiq", True,
+         "bench.peers.with_dramatiq:run_redis", redis=True),
+    Peer("rq_redis", "RQ, Redis", "rq", True, "bench.peers.with_rq:run_redis", redis=True),
+    Peer("celery_redis", "Celery, Redis broker", "celery", True,
+         "bench.peers.with_celery:run_redis", redis=True),
+)
