@@ -8,9 +8,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from actors import JobSystem
+from actors.model.settings import Settings
 from actors.runtime.snapshot import SUMMARY_CHARS, first_words
 from tests.standin import DEMO_VIDEO_URL, PythonApiStandIn, Reply
-from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, wait_job
+from tests.url_corpus import youtube_url
+from tests.web_support import QUESTION, SECRET, VIDEO, bearer, make_app, running_system, wait_job
 from web.dashboard import FILES, STATIC
 from web.security import DASHBOARD_CSP
 
@@ -82,6 +84,53 @@ def test_data_shows_running_jobs_and_failures(client: FlaskClient,
     assert failure["id"] == failed.json["data"]["jobId"]
     assert "unknown company" in failure["lastError"] and failure["failedAt"]
     assert data["queues"]["video"]["activeJobs"] == 1 and data["queues"]["qa"]["failed"] == 1
+
+
+def test_data_shows_each_companys_share(client: FlaskClient,
+                                        standin: PythonApiStandIn) -> None:
+    # At the starting capacity (2, one kept for questions) one video runs: acme's runs,
+    # globex's waits.
+    standin.hold("process-video")
+    try:
+        first = client.post("/api/video/process", headers=bearer("alice"), json={
+            "video_url": youtube_url("dash-acme"), "company_name": "acme"})
+        assert standin.wait_in_flight("process-video", 1)
+        second = client.post("/api/video/process", headers=bearer("bob"), json={
+            "video_url": youtube_url("dash-globex"), "company_name": "globex"})
+        assert second.status_code == 202, second.json
+        data = client.get("/api/queue/dashboard", headers=ADMIN).json["data"]
+    finally:
+        standin.release("process-video")
+    for reply in (first, second):
+        wait_job(client, reply.headers["Location"], standin, headers=ADMIN)
+    video = data["fairShare"]["video"]
+    assert video["count"] == 2
+    assert video["companies"] == {
+        "acme": {"waiting": 0, "running": 1, "weight": 1.0, "share": 1.0, "fairShare": 0.5},
+        "globex": {"waiting": 1, "running": 0, "weight": 1.0, "share": 0.0, "fairShare": 0.5}}
+    assert data["fairShare"]["qa"] == {"count": 0, "companies": {}}
+
+
+def test_data_shows_each_instances_capacity_and_why_it_moved(
+        fast_settings: Settings, standin: PythonApiStandIn) -> None:
+    with running_system(fast_settings, adaptive_initial_concurrency=6) as system:
+        client = make_app(system, jwt_secret=SECRET).test_client()
+        (before,) = client.get("/api/queue/dashboard", headers=ADMIN).json["data"][
+            "pythonInstances"]
+        assert before["instance"] == 1 and before["url"] == standin.url
+        assert before["capacity"]["limit"] == 6
+        assert before["capacity"]["reason"] == "start: QUEUE_ADAPTIVE_INITIAL_CONCURRENCY"
+        # A 503 is overload: the limit is cut (6 x 0.7 -> 4), and the retry is answered.
+        standin.script("ask-question", Reply(status=503, body={"detail": "busy"}))
+        asked = client.post("/api/interactions/i-1/questions", json=QUESTION, headers=ADMIN)
+        assert wait_job(client, asked.headers["Location"], standin,
+                        headers=ADMIN)["status"] == "completed"
+        (after,) = client.get("/api/queue/dashboard", headers=ADMIN).json["data"][
+            "pythonInstances"]
+    capacity = after["capacity"]
+    assert capacity["adaptive"] and capacity["limit"] == 4
+    assert capacity["reason"] == capacity["lastSignal"] == "qa answered 503"
+    assert capacity["movedSecondsAgo"] >= 0
 
 
 LONG_QUESTION = ("Which of the plans fits a team of five people working remotely across "

@@ -337,3 +337,39 @@ def test_a_page_follows_a_job_through_event_source(
     job = server.request("GET", f"/api/queue/jobs/qa/{data['jobId']}", headers=page.headers)
     assert job.json()["data"]["status"] == "completed"
     page.no_problems()
+
+
+def test_dashboard_shows_companies_and_capacity(
+        driver: Any, server: GunicornServer, standin: PythonApiStandIn) -> None:
+    page = Page(driver, server)
+    page.sign_in()
+
+    # Capacity: the one instance starts at the adaptive minimum, and says so.
+    capacity = '#capacity-rows tr[data-instance="1"]'
+    page.until(lambda: page.find(capacity + " td.limit").text == "2", "the instance's limit")
+    page.until(lambda: page.find(capacity + " td.reason").text == "start: the operator minimum",
+               "why the limit is where it is")
+
+    # Two companies: acme's video runs (one video at a time), globex's waits behind it.
+    standin.hold("process-video")
+    try:
+        page.video("dash-acme", user="alice")
+        assert standin.wait_in_flight("process-video", 1, timeout=10)
+        page.submit("/api/video/process", {"video_url": youtube_url("dash-globex"),
+                                           "company_name": "globex"}, user="bob")
+        acme, globex = ('#company-rows tr[data-company="acme"]',
+                        '#company-rows tr[data-company="globex"]')
+        # The rows are drawn anew on every poll: each cell is read inside a wait.
+        page.until(lambda: page.find(acme + " td.video-running").text == "1", "acme running")
+        page.until(lambda: page.find(acme + " td.video-share").text == "100% (fair 50%)",
+                   "acme's share of the running videos")
+        page.until(lambda: page.find(globex + " td.video-waiting").text == "1",
+                   "globex waiting")
+        page.until(lambda: page.find(globex + " td.video-running").text == "0",
+                   "globex not running")
+        page.until(lambda: "video 2" in page.text("companies-count"), "two with video work")
+    finally:
+        standin.release("process-video")
+    page.shows("video-completed", "2")
+    page.until(lambda: page.absent("#company-rows tr"), "no company with work left")
+    page.no_problems()

@@ -9,7 +9,10 @@ of this process and of the Python API against the thresholds; and the pause stat
 pause and resume buttons that call ``POST /api/queue/<kind>/pause|resume``. Each running
 job and each failure says what it is (``actors.runtime.snapshot.describe_job``: company, owner,
 the video's URL or the question's first words); a failure has a Retry button that calls
-``POST /api/queue/jobs/<kind>/<id>/retry`` and shows its outcome in place.
+``POST /api/queue/jobs/<kind>/<id>/retry`` and shows its outcome in place. Two tables
+come from the status sections as ``web.queue.queue_status`` builds them: Capacity, each
+Python API instance's adaptive limit and why it last moved (``pythonInstances[].capacity``),
+and Companies, each company's waiting and running jobs and share per kind (``fairShare``).
 
 Authentication: the page and its files carry no data and need no token. The data and
 the buttons need the admin role (the data shows every owner's jobs and errors). With
@@ -83,7 +86,7 @@ def _file_response(name: str) -> Response:
 @bp.get("/api/queue/dashboard")
 @require_admin
 def data() -> Response:
-    """Return what the dashboard draws: queues, running jobs, recent failures, memory."""
+    """Return what the dashboard draws: queues, capacity, companies, jobs, failures, memory."""
     return jsonify({"success": True, "data": dashboard_data()})
 
 

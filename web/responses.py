@@ -342,7 +342,11 @@ class FailedJob(_Doc):
 
 
 class Dashboard(QueueStatus):
-    """What the dashboard shows."""
+    """What the dashboard shows.
+
+    The admin's status (its Capacity and Companies tables draw ``pythonInstances`` and
+    ``fairShare``), with the running jobs, the recent failures and the pools.
+    """
 
     running: list[RunningJob]
     failures: list[FailedJob]

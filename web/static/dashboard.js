@@ -7,6 +7,7 @@
 (function () {
   const TOKEN_KEY = "qudemo.dashboard.token";
   const KINDS = ["qa", "video"];
+  const OTHERS = "(others)";  // the companies past the busiest of a kind, summed
   const refreshParam = Number(new URLSearchParams(window.location.search).get("refresh"));
   const POLL_MS = Number.isFinite(refreshParam) && refreshParam >= 0.25 ? refreshParam * 1000 : 2000;
 
@@ -163,6 +164,68 @@
     $("running-count").textContent = running.length ? "(" + running.length + ")" : "";
   }
 
+  function percent(value) {
+    return value === null || value === undefined ? "–" : Math.round(value * 100) + "%";
+  }
+
+  // Each Python API instance's adaptive capacity (both kinds together) and why it last moved.
+  function drawCapacity(instances) {
+    const rows = $("capacity-rows");
+    rows.replaceChildren();
+    for (const item of instances) {
+      const capacity = item.capacity || {};
+      const inFlight = item.inFlight || {};
+      const row = document.createElement("tr");
+      row.dataset.instance = String(item.instance);
+      cell(row, String(item.instance));
+      cell(row, item.url || "", "what");
+      cell(row, item.state || "");
+      cell(row, capacity.adaptive ? number(capacity.limit)
+        : "static (" + KINDS.map((k) => k + " " + number((item.limits || {})[k])).join(", ") + ")", "limit");
+      cell(row, KINDS.map((k) => k + " " + number(inFlight[k] ?? 0)).join(", "));
+      cell(row, capacity.adaptive ? capacity.reason || "" : "", "reason");
+      cell(row, capacity.movedSecondsAgo === null || capacity.movedSecondsAgo === undefined
+        ? "" : duration(capacity.movedSecondsAgo) + " ago");
+      cell(row, capacity.lastSignal || "", "signal");
+      cell(row, capacity.coolingSeconds ? duration(capacity.coolingSeconds) : "");
+      rows.appendChild(row);
+    }
+    $("capacity-empty").hidden = instances.length > 0;
+  }
+
+  // The companies with work (the busiest of each kind as the server names them, the rest
+  // summed as "(others)"), one row each: waiting, running and share of running per kind.
+  function drawCompanies(fairShare) {
+    const shares = fairShare || {};
+    const names = new Map();  // name -> jobs of both kinds, for the order of the rows
+    for (const kind of KINDS) {
+      for (const [name, row] of Object.entries((shares[kind] || {}).companies || {})) {
+        names.set(name, (names.get(name) || 0) + row.waiting + row.running);
+      }
+    }
+    const order = [...names.keys()].sort((a, b) => (a === OTHERS) - (b === OTHERS)
+      || names.get(b) - names.get(a) || a.localeCompare(b));
+    const rows = $("company-rows");
+    rows.replaceChildren();
+    for (const name of order) {
+      const row = document.createElement("tr");
+      row.dataset.company = name;
+      cell(row, name, "company");
+      for (const kind of KINDS) {
+        const share = ((shares[kind] || {}).companies || {})[name];
+        cell(row, share ? String(share.waiting) : "0", kind + "-waiting");
+        cell(row, share ? String(share.running) : "0", kind + "-running");
+        cell(row, share ? percent(share.share) + " (fair " + percent(share.fairShare) + ")" : "",
+          kind + "-share");
+      }
+      rows.appendChild(row);
+    }
+    $("companies-empty").hidden = order.length > 0;
+    const counts = KINDS.filter((k) => shares[k] && shares[k].count)
+      .map((k) => (k === "qa" ? "Q&A" : k) + " " + shares[k].count);
+    $("companies-count").textContent = counts.length ? "(with work: " + counts.join(", ") + ")" : "";
+  }
+
   function drawFailures(failures) {
     $("failures-empty").hidden = failures.length > 0;
     const drawn = JSON.stringify(failures);
@@ -213,6 +276,8 @@
       if (data.queues[kind]) drawKind(kind, data.queues[kind]);
     }
     drawMemory(data.memory);
+    drawCapacity(data.pythonInstances || []);
+    drawCompanies(data.fairShare);
     drawRunning(data.running);
     drawFailures(data.failures);
     if (data.draining) setState("draining", "warn");
