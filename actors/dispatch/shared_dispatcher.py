@@ -381,7 +381,10 @@ class SharedDispatcher(Dispatcher):
                 counts = self.store.company_counts_now()
             except STORE_ERRORS as exc:
                 self._failed("company counts", exc)
-                return super()._companies()
+                # Kept, like a failed store view, until it is VIEW_MAX_AGE_S old: a database
+                # that does not answer must not cost every snapshot another wait.
+                self._company_view = (now, super()._companies())
+                return self._company_view[1]
             self._company_view = (now, describe_companies(counts["waiting"], counts["running"],
                                                           self.share))
         return self._company_view[1]
