@@ -19,6 +19,7 @@ helpers at the end serve the store's tests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import pwd
@@ -38,6 +39,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from actors import JobSystem, Settings
 from actors.model.jobs import Job, JobKind, freeze, new_job_id
 from actors.stores.postgres.store import PostgresJobStore
 
@@ -261,3 +263,24 @@ def open_pg(pg_url: str) -> Iterator[Callable[..., PostgresJobStore]]:
     yield open_store
     for store in opened:
         store.close()
+
+
+Start = Callable[..., JobSystem]
+"""Starts one job system on the test's schema with some settings changed."""
+
+
+@pytest.fixture
+def start(pg_url: str, fast_settings: Settings) -> Iterator[Start]:
+    """Start instances ("servers") on the test's schema; all stopped afterwards."""
+    started: list[JobSystem] = []
+
+    def start_instance(**changes: object) -> JobSystem:
+        settings = dataclasses.replace(fast_settings, store="postgres", database_url=pg_url,
+                                       **changes)  # type: ignore[arg-type]
+        system = JobSystem(settings).start()
+        started.append(system)
+        return system
+
+    yield start_instance
+    for system in started:
+        system.stop(drain=False)

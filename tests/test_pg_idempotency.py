@@ -6,13 +6,12 @@ tests/test_pg_shared.py; the stores' part on two stores opened on one schema.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from actors import JobKind, JobState, JobSystem, Settings
+from actors import JobKind, JobState
 from actors.model.errors import IdempotencyKeyTaken
 from actors.model.idempotency import IdempotencyKey
 from actors.stores.postgres.store import PostgresJobStore
@@ -28,24 +27,10 @@ pytestmark = pytest.mark.timeout(120)
 
 QUESTIONS = "/api/interactions/i-1/questions"
 KEY = {"Idempotency-Key": '"8e03978e-40d5-43e8-bc93-6894a57f9324"'}
-Start = Callable[..., JobSystem]
+start = pg_server.start
+Start = pg_server.Start
 
 
-@pytest.fixture
-def start(pg_url: str, fast_settings: Settings) -> Iterator[Start]:
-    """Start instances on the test's schema; all stopped afterwards."""
-    started: list[JobSystem] = []
-
-    def start_instance(**changes: object) -> JobSystem:
-        settings = dataclasses.replace(fast_settings, store="postgres", database_url=pg_url,
-                                       **changes)  # type: ignore[arg-type]
-        system = JobSystem(settings).start()
-        started.append(system)
-        return system
-
-    yield start_instance
-    for system in started:
-        system.stop(drain=False)
 
 
 def keyed(key: str = "k", fingerprint: str = "f", *, at: float = pg_server.T0,

@@ -8,15 +8,13 @@ with a SIGKILL, is tests/test_pg_cluster.py.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 
-from actors import JobKind, JobState, JobSystem, Settings
+from actors import JobKind, JobState, JobSystem
 from actors.model.errors import DuplicateJob, JobNotFound, JobStateConflict
 from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
@@ -30,24 +28,10 @@ pg_url = pg_server.pg_url
 pytestmark = pytest.mark.timeout(120)
 
 QA, VIDEO = JobKind.QA, JobKind.VIDEO
-Start = Callable[..., JobSystem]
+start = pg_server.start
+Start = pg_server.Start
 
 
-@pytest.fixture
-def start(pg_url: str, fast_settings: Settings) -> Iterator[Start]:
-    """Start instances on the test's schema; all stopped afterwards."""
-    started: list[JobSystem] = []
-
-    def start_instance(**changes: object) -> JobSystem:
-        settings = dataclasses.replace(fast_settings, store="postgres", database_url=pg_url,
-                                       **changes)  # type: ignore[arg-type]
-        system = JobSystem(settings).start()
-        started.append(system)
-        return system
-
-    yield start_instance
-    for system in started:
-        system.stop(drain=False)
 
 
 def question(i: int) -> dict[str, str]:
