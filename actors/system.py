@@ -20,12 +20,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from actors.dispatch.backend import QueueBackend
 from actors.dispatch.dispatcher import Dispatcher
+from actors.dispatch.fairness import FairShare
+from actors.dispatch.local_queue import LocalQueue
 from actors.dispatch.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.model.errors import (
     JobNotFound,
@@ -167,7 +172,7 @@ class JobSystem:
             if self.settings.supabase_enabled:  # before any actor: nothing to undo if it fails
                 self.sink = ResultSink(self.settings)
             self.timers.start()
-            registry_cls, dispatcher_cls, shared = _actor_classes(self.store)
+            registry_cls = _registry_class(self.store)
             self._registry = registry_cls.start(
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,
                 metrics=self.metrics, threads=self._threads,
@@ -178,10 +183,11 @@ class JobSystem:
                     clock=self.clock, rng=self._rng, stats=self._writer_stats,
                     threads=self._threads,
                 )
-            self._dispatcher = dispatcher_cls.start(
-                self.settings, registry=self._registry, clients=self.clients,
-                timers=self.timers, clock=self.clock, rng=self._rng, metrics=self.metrics,
-                threads=self._threads, writer=self._writer, resolver=self.sink, **shared,
+            self._dispatcher = Dispatcher.start(
+                self.settings, queue=self._queue_backend(), registry=self._registry,
+                clients=self.clients, timers=self.timers, clock=self.clock, rng=self._rng,
+                metrics=self.metrics, threads=self._threads, writer=self._writer,
+                resolver=self.sink,
             )
             self._registry.tell(AttachDispatcher(dispatcher=self._dispatcher))
             self._watchdog = MemoryWatchdog.start(
@@ -368,6 +374,11 @@ class JobSystem:
         if isinstance(answer, Replayed):
             return dataclasses.replace(self._submission(answer.job), replayed=True)
         stored, where = answer
+        if isinstance(where, Future):  # the shared queue reads the place on its own thread
+            try:
+                where = where.result(timeout=self.settings.ask_timeout_s)
+            except (FutureTimeout, CancelledError):
+                where = UNKNOWN_PLACE  # accepted all the same: the job is stored
         return _submission(stored, where)
 
     def _late_answer(self, job: Job, reply: pykka.ThreadingFuture[Any],
@@ -535,12 +546,32 @@ class JobSystem:
             raise ShuttingDown("the job system is not started")
         return self._dispatcher, self._registry, self._watchdog
 
+    def _queue_backend(self) -> QueueBackend:
+        """Where waiting jobs wait: this process's memory, or the shared PostgreSQL queue.
+
+        The shared one's module imports psycopg, so it is imported only then.
+        """
+        assert self.store is not None and self._registry is not None
+        if not self.store.shared:
+            return LocalQueue(aging_s=self.settings.aging_s,
+                              share=FairShare.of(self.settings.company_weights),
+                              clock=self.clock, registry=self._registry, metrics=self.metrics)
+        from actors.dispatch.shared_queue import ClaimingQueue
+        from actors.stores.postgres.store import PostgresJobStore
+
+        assert isinstance(self.store, PostgresJobStore)
+        return ClaimingQueue(self.settings, store=self.store, clock=self.clock,
+                           timers=self.timers, metrics=self.metrics)
+
     def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
+        """Ask an actor; an answer that needs I/O comes as a future, waited on here."""
         try:
             answer = ref.ask(message, timeout=self.settings.ask_timeout_s)
+            if isinstance(answer, Future):  # the shared queue's reads: on its own thread
+                answer = answer.result(timeout=self.settings.ask_timeout_s)
         except pykka.ActorDeadError as exc:
             raise ShuttingDown() from exc
-        except pykka.Timeout as exc:
+        except (pykka.Timeout, FutureTimeout, CancelledError) as exc:
             raise JobSystemUnavailable() from exc
         if isinstance(answer, QueueError):
             raise answer
@@ -555,15 +586,13 @@ def _submission(job: Job, where: tuple[int, float] | None) -> Submission:
     return Submission(job, position, wait_s)
 
 
-def _actor_classes(store: JobStore) -> tuple[type[JobRegistry], type[Dispatcher], dict[str, Any]]:
-    """Return the registry and dispatcher for ``store``, and the dispatcher's extra arguments.
+def _registry_class(store: JobStore) -> type[JobRegistry]:
+    """Return the registry for ``store``: a shared store's outcomes are fenced by leases.
 
-    A shared store (PostgreSQL) gets the claiming pair; their modules import psycopg,
-    so they are imported only then.
+    Its module imports psycopg, so it is imported only then.
     """
     if not store.shared:
-        return JobRegistry, Dispatcher, {}
-    from actors.dispatch.shared_dispatcher import SharedDispatcher
+        return JobRegistry
     from actors.stores.shared_registry import SharedJobRegistry
 
-    return SharedJobRegistry, SharedDispatcher, {"store": store}
+    return SharedJobRegistry

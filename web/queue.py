@@ -8,12 +8,10 @@ operator resume: the memory watchdog's own pause has its own reason and is untou
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from typing import Any
 
-from cachetools import TTLCache
 from flask import Blueprint, Response, current_app, jsonify
 
 from actors.model.jobs import FINISHED_STATES, JobKind, JobState
@@ -21,6 +19,7 @@ from web.auth import current_principal, require_admin, require_user
 from web.context import job_system
 from web.present import instances_json, iso
 from web.tenancy import visible_companies
+from web.ttl_cache import TtlCache
 
 logger = logging.getLogger(__name__)
 
@@ -173,30 +172,11 @@ def _scoped(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
-class ScopedCounts:
-    """Companies' job counts, each set of companies read at most once a second; thread-safe."""
-
-    def __init__(self) -> None:
-        self._cache: TTLCache[tuple[str, ...], Counter[tuple[JobKind, JobState]]] = TTLCache(
-            maxsize=SCOPED_COUNTS_CACHE_SIZE, ttl=SCOPED_COUNTS_MAX_AGE_S)
-        self._lock = threading.Lock()
-
-    def get(self, companies: tuple[str, ...]) -> Counter[tuple[JobKind, JobState]]:
-        """Return the counts of ``companies`` (from the job store when not fresh here)."""
-        with self._lock:
-            cached = self._cache.get(companies)
-        if cached is not None:
-            return cached
-        counts = job_system().company_counts(companies)
-        with self._lock:
-            self._cache[companies] = counts
-        return counts
-
-
 def _company_counts(companies: tuple[str, ...]) -> Counter[tuple[JobKind, JobState]]:
-    cache: ScopedCounts = current_app.extensions.setdefault("qudemo_scoped_counts",
-                                                            ScopedCounts())
-    return cache.get(companies)
+    cache: TtlCache[tuple[str, ...], Counter[tuple[JobKind, JobState]]] = (
+        current_app.extensions.setdefault("qudemo_scoped_counts", TtlCache(
+            SCOPED_COUNTS_MAX_AGE_S, SCOPED_COUNTS_CACHE_SIZE)))
+    return cache.get_or_compute(companies, lambda: job_system().company_counts(companies))
 
 
 @bp.post(KIND_PATH + "/pause")

@@ -20,15 +20,14 @@ nothing about other tenants; a job of another caller stays 404 (``web.auth``).
 from __future__ import annotations
 
 import logging
-import threading
 
-from cachetools import TTLCache
 from flask import current_app, g
 
 from web.auth import current_principal
 from web.company_claims import Memberships
 from web.context import job_system
 from web.errors import ApiError
+from web.ttl_cache import TtlCache
 
 logger = logging.getLogger(__name__)
 
@@ -45,46 +44,26 @@ class NotMember(ApiError):
     default_message = "you are not a member of this company"
 
 
-class MembershipCache:
-    """Memberships read from Supabase, per user, for ``MEMBERSHIP_CACHE_S``; thread-safe."""
-
-    def __init__(self, ttl_s: float = MEMBERSHIP_CACHE_S,
-                 size: int = MEMBERSHIP_CACHE_USERS) -> None:
-        self._cache: TTLCache[str, Memberships] = TTLCache(maxsize=size, ttl=ttl_s)
-        self._lock = threading.Lock()
-
-    def get(self, user_id: str) -> Memberships:
-        """Return ``user_id``'s memberships, reading Supabase when they are not cached.
-
-        Raises:
-            ResultStoreUnavailable: Supabase failed (a 503 with ``Retry-After``).
-        """
-        with self._lock:
-            cached = self._cache.get(user_id)
-        if cached is not None:
-            return cached
-        companies = job_system().user_companies(user_id)
-        found = Memberships(names=frozenset(c.name.casefold() for c in companies),
-                            ids=frozenset(c.id for c in companies),
-                            id_names={c.id: c.name for c in companies}, source="supabase")
-        with self._lock:
-            self._cache[user_id] = found
-        return found
-
-    def clear(self) -> None:
-        """Forget every cached membership (tests, and an operator's change of tables)."""
-        with self._lock:
-            self._cache.clear()
-
-
 CACHE_EXTENSION = "qudemo_memberships"
 
 
-def membership_cache() -> MembershipCache:
+def membership_cache() -> TtlCache[str, Memberships]:
     """The current app's membership cache (one per app, so apps never share a user's)."""
-    cache: MembershipCache = current_app.extensions.setdefault(CACHE_EXTENSION,
-                                                               MembershipCache())
+    cache: TtlCache[str, Memberships] = current_app.extensions.setdefault(
+        CACHE_EXTENSION, TtlCache(MEMBERSHIP_CACHE_S, MEMBERSHIP_CACHE_USERS))
     return cache
+
+
+def _supabase_memberships(user_id: str) -> Memberships:
+    """Read ``user_id``'s companies from Supabase.
+
+    Raises:
+        ResultStoreUnavailable: Supabase failed (a 503 with ``Retry-After``; not cached).
+    """
+    companies = job_system().user_companies(user_id)
+    return Memberships(names=frozenset(c.name.casefold() for c in companies),
+                       ids=frozenset(c.id for c in companies),
+                       id_names={c.id: c.name for c in companies}, source="supabase")
 
 
 def caller_memberships() -> Memberships | None:
@@ -101,7 +80,9 @@ def caller_memberships() -> Memberships | None:
         if principal.claimed is not None:
             found = principal.claimed
         elif job_system().supabase_configured:
-            found = membership_cache().get(principal.user_id)
+            user_id = principal.user_id
+            found = membership_cache().get_or_compute(
+                user_id, lambda: _supabase_memberships(user_id))
         else:
             found = Memberships()
         g.memberships = found

@@ -1,38 +1,37 @@
-"""The Dispatcher actor: one global order across kinds, per-kind slots, retries, pauses.
+"""The Dispatcher actor: slots, workers, deadlines, abandoned calls, retries, outcomes.
 
-It owns the waiting order, the worker pools and the retry timers; the
-JobRegistry owns the records, and is told of every state change. Every
-decision happens on this actor's thread, so no lock is needed.
+It owns the worker pools, the running attempts and the retry timers; where
+waiting jobs wait is its queue backend's (backend.py: ``LocalQueue`` in
+memory, ``ClaimingQueue`` in PostgreSQL), by composition: the decisions here are
+written once for both. The JobRegistry owns the records, and is told of every
+state change. Every decision happens on this actor's thread, so no lock is
+needed; no I/O happens on it either (the shared queue's is on its own threads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
 from actors.dispatch.attempts import ANSWERED, BEFORE, CALLING, AttemptCall
+from actors.dispatch.backend import Answer, QueueBackend
 from actors.dispatch.fairness import (
     NOMINAL_COST_S,
-    FairClock,
     FairShare,
     capped_by,
     ceilings_of,
     describe_companies,
 )
 from actors.dispatch.limiter import limiter_config, overload_signal
-from actors.dispatch.scheduling import (
-    DurationEstimate,
-    WaitingQueue,
-    backoff_delay_s,
-    estimate_wait_s,
-)
+from actors.dispatch.scheduling import DurationEstimate, backoff_delay_s, estimate_wait_s
 from actors.model.jobs import Job, JobKind, JobState
 from actors.model.messages import (
     AttachWatchdog,
@@ -41,15 +40,19 @@ from actors.model.messages import (
     CancelJob,
     CheckInstances,
     CheckMemory,
+    Claimed,
     Drain,
     Enqueue,
     EstimateWait,
+    Fenced,
     Inspect,
     InstanceMemory,
     JobFailed,
     JobSucceeded,
+    LeasesLost,
     Pause,
     QueuePosition,
+    Reaped,
     RecordResult,
     Resume,
     RetryDue,
@@ -91,13 +94,25 @@ class _Running:
     lease_lost: bool = False  # shared queue: its lease could not be renewed (fenced or lost)
 
 
+class _Port:
+    """How a queue backend tells its Dispatcher, from any thread; a stopped one hears nothing."""
+
+    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
+        self.ref = ref
+
+    def tell(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.ref.tell(message)
+
+
 class Dispatcher(TrackedActor):
-    """Chooses the next job, hands it to a free worker, and decides what follows its attempt."""
+    """Takes the next jobs from its queue, hands them to free workers, decides what follows."""
 
     def __init__(
         self,
         settings: Settings,
         *,
+        queue: QueueBackend,
         registry: pykka.ActorRef[Any],
         clients: Mapping[str, PythonApiClient],
         timers: TimerService,
@@ -112,7 +127,7 @@ class Dispatcher(TrackedActor):
         self.writer = writer  # the ResultWriter when results go to Supabase, else None
         self.resolver = resolver
         self.metrics = metrics or JobMetrics()
-        self.queued_since: dict[str, float] = {}  # job id -> when it (re)entered the queue
+        self.queue = queue
         self.settings = settings
         self.registry = registry
         self.clients = clients
@@ -127,21 +142,22 @@ class Dispatcher(TrackedActor):
         self.rng = rng or random.Random()
         self.share = FairShare.of(settings.company_weights)  # the fair order between companies
         self.ceilings = ceilings_of(settings)
-        self.waiting = WaitingQueue(settings.aging_s, fairness=FairClock(self.share))
         self.running: dict[str, _Running] = {}
         self.retrying: dict[str, tuple[Job, TimerHandle]] = {}
-        self.paused: dict[JobKind, set[str]] = {kind: set() for kind in JobKind}
         self.durations = {kind: DurationEstimate(DEFAULT_DURATION_S[kind]) for kind in JobKind}
         self.pools: dict[JobKind, WorkerPool] = {}
         self.draining = False
         self._idle_events: list[threading.Event] = []
 
     def __repr__(self) -> str:
-        return (f"<Dispatcher waiting={len(self.waiting)} running={len(self.running)}"
+        return (f"<Dispatcher {self.queue!r} running={len(self.running)}"
                 f" retrying={len(self.retrying)} paused={self._paused_kinds()}>")
 
     def on_start(self) -> None:
-        """Start one worker pool per kind: its limit per instance, times the instances."""
+        """Start one worker pool per kind (its limit per instance, times the instances).
+
+        Then the queue backend, which may begin taking jobs at once.
+        """
         super().on_start()
         for kind in JobKind:
             pool = WorkerPool(
@@ -157,9 +173,14 @@ class Dispatcher(TrackedActor):
             )
             pool.start()
             self.pools[kind] = pool
+        self.queue.start(_Port(self.actor_ref))
 
     def on_stop(self) -> None:
-        """Stop anything still running (normally the facade has stopped the workers)."""
+        """Stop the queue backend, then anything still running.
+
+        Normally the facade has stopped the workers already.
+        """
+        self.queue.stop()
         for pool in self.pools.values():
             pool.stop(timeout_s=1.0)
         for _, handle in self.retrying.values():
@@ -175,7 +196,15 @@ class Dispatcher(TrackedActor):
                     self._enqueue(job)
                 self._dispatch()
                 if reply is not None:  # a submitter waits: where its job stands now
-                    reply.set((jobs[0], self._position(jobs[0].id, jobs[0].kind)))
+                    reply.set((jobs[0], self._position(jobs[0].id)))
+            case Claimed():
+                self._on_claimed(message)
+            case Reaped(jobs=jobs):
+                self._on_reaped(jobs)
+            case LeasesLost(job_ids=job_ids):
+                self._on_leases_lost(job_ids)
+            case Fenced():
+                self._on_fenced(message)
             case JobSucceeded():
                 self._on_succeeded(message)
             case JobFailed():
@@ -222,6 +251,8 @@ class Dispatcher(TrackedActor):
                     pool.stop(timeout_s)
             case Inspect():
                 return self._inspect()
+            case _ if self.queue.on_message(message):  # a wake-up, a beat, a pause written
+                self._dispatch()
             case _:
                 return super().on_receive(message)
         return None
@@ -230,7 +261,8 @@ class Dispatcher(TrackedActor):
 
     def _enqueue(self, job: Job) -> None:
         if job.state == JobState.PROCESSING and job.result is not None:
-            self._restore_processed(job, job.result)
+            if self.queue.take_over(job):  # else the queue hands it over once it may
+                self._restore_processed(job, job.result)
             return
         if job.state == JobState.RETRYING:
             # Recovered from the store: re-arm its timer from the stored due time.
@@ -238,48 +270,70 @@ class Dispatcher(TrackedActor):
             handle = self.timers.tell_later(delay, self.actor_ref, RetryDue(job_id=job.id))
             self.retrying[job.id] = (job, handle)
         else:
-            self.waiting.push(job)
-            self.queued_since[job.id] = self.clock.time()
+            self.queue.add(job)
 
-    def _dispatchable_kinds(self) -> list[JobKind]:
+    def _room(self) -> dict[JobKind, int]:
+        """How many more jobs of each kind could start now: idle workers and Python API room."""
         now = self.clock.monotonic()
-        kinds = [
-            kind for kind, pool in self.pools.items()
-            if pool.has_idle and not self.paused[kind] and self.waiting.count(kind)
-            and self.instances.has_room(kind, now)
-        ]
-        if self.settings.adaptive_concurrency and JobKind.QA in kinds:
-            # One capacity for both kinds: a question that can start takes it before any
-            # video, however long the video has waited (aging orders within a kind only).
-            return [JobKind.QA]
-        return kinds
+        return {kind: min(pool.idle, self.instances.room(kind, now))
+                for kind, pool in self.pools.items() if pool.has_idle}
+
+    def _limits(self) -> dict[JobKind, int]:
+        """Each kind's limit over every Python API instance (the shared queue's, globally)."""
+        if self.settings.adaptive_concurrency:
+            return {kind: self.instances.limit(kind) for kind in JobKind}
+        return {kind: self.settings.limits(kind).max_concurrent * len(self.clients)
+                for kind in JobKind}
 
     def _dispatch(self) -> None:
-        """Start waiting jobs while some kind has both a waiting job and a free slot."""
+        """Start waiting jobs while the queue has some that a free slot can take."""
         while not self.draining:
-            kinds = self._dispatchable_kinds()
-            if not kinds:
+            jobs = self.queue.take(
+                self._room, capped_by(self.ceilings, (e.job for e in self.running.values())),
+                qa_first=self.settings.adaptive_concurrency, limits=self._limits())
+            if not jobs:
                 return
-            job = self.waiting.pop_next(kinds, self.clock.time(), capped=capped_by(
-                self.ceilings, (e.job for e in self.running.values())))
-            if job is None:
-                return
-            self._start(job)
+            for job in jobs:
+                self._launch(job)
 
-    def _start(self, job: Job) -> None:
-        """Count the attempt on a job taken from the local queue, then launch it."""
-        now = self.clock.time()
-        self.metrics.attempt_started(job.kind, now - self.queued_since.pop(job.id, now))
-        job = job.replace(state=JobState.PROCESSING, attempts=job.attempts + 1, started_at=now)
-        self.registry.tell(Transition(job_id=job.id, target=JobState.PROCESSING, at=now,
-                                      attempts=job.attempts))
-        self._launch(job)
+    def _on_claimed(self, message: Claimed) -> None:
+        """Start the jobs a claim brought; give back those no slot can take any more."""
+        for job in self.queue.claimed(message):
+            if (self.draining or not self.pools[job.kind].has_idle
+                    or not self.instances.has_room(job.kind, self.clock.monotonic())):
+                # The room shrank while the claim was out (a limiter cut, a breaker).
+                self.queue.give_back(job)
+                continue
+            self._launch(job, hold_from=message.sent)
+        self._dispatch()
+
+    def _on_reaped(self, jobs: tuple[Job, ...]) -> None:
+        """Jobs of a dead instance taken back here: store a processed one's result."""
+        for job in jobs:
+            if job.state == JobState.PROCESSING and job.result is not None:
+                self._restore_processed(job, job.result)
+            elif job.state == JobState.FAILED:
+                self.metrics.job_finished(job.kind, job.state)
+                logger.error("job %s failed: %s", job.id, job.last_error,
+                             extra=job_fields(job.id, job.kind, "failed", job.attempts))
+            else:
+                logger.warning("job %s: %s; queued again", job.id, job.last_error,
+                               extra=job_fields(job.id, job.kind, "interrupted", job.attempts))
+        self._dispatch()
 
     def _launch(self, job: Job, *, hold_from: float | None = None) -> None:
         """Hand a job already marked processing (its attempt counted) to a free worker.
 
         ``hold_from`` (monotonic) is where an abandoned call's hold starts, if not now.
         """
+        stale = self.running.pop(job.id, None)
+        if stale is not None:
+            # This instance's own lease lapsed (a stall longer than the TTL) and it claimed
+            # the job again: the old attempt is superseded; its outcome will be ignored
+            # and its worker freed when it reports.
+            stale.timer.cancel()
+            self._instance_ended(stale, broke=False)
+        self.queue.started(job)
         attempt = job.attempts
         instance = self.instances.choose(job.kind, self.clock.monotonic(),
                                          avoid=self.avoid.pop(job.id, None))
@@ -440,6 +494,7 @@ class Dispatcher(TrackedActor):
         Found so after a restart or a lapsed lease, or retried by an operator after its
         writes were used up (the registry hands it over ``processing`` with its result).
         """
+        self.queue.started(job)  # its result is being stored here: keep the job ours
         if self.writer is not None:
             self.writer.tell(StoreResult(job=job, result=result, at=self.clock.time()))
         else:  # Supabase switched off since: the job store is where results live now
@@ -515,6 +570,8 @@ class Dispatcher(TrackedActor):
         twice at once. The floor is kept in the store (``next_attempt_at``): a restart
         honours it too.
         """
+        if self.queue.shutdown_cut(entry.job):
+            return  # the shared queue's lease and hold protect it
         hold_left_s = max(0.0, entry.call.hold_left())
         self._retry_or_fail(entry.job, error, True, None, not_before_s=hold_left_s)
 
@@ -578,15 +635,35 @@ class Dispatcher(TrackedActor):
         pending = self.retrying.pop(job_id, None)
         if pending is None:
             return  # cancelled meanwhile
-        job = pending[0].replace(state=JobState.QUEUED, next_attempt_at=None)
-        self.registry.tell(Transition(job_id=job_id, target=JobState.QUEUED, at=self.clock.time()))
-        self.waiting.push(job)
-        self.queued_since[job_id] = self.clock.time()
+        self.queue.retry_due(pending[0])
         self._dispatch()
 
     def _after_outcome(self) -> None:
-        self._dispatch()
+        if self.queue.dispatch_after_outcome:  # else the outcome's write wakes the queue
+            self._dispatch()
         self._check_idle()
+
+    def _on_leases_lost(self, job_ids: frozenset[str]) -> None:
+        for job_id in sorted(job_ids):
+            entry = self.running.get(job_id)
+            if entry is None:
+                continue
+            # Not renewable any more. Its call goes on, holding its slot here, and the
+            # database holds the slot until the call's hold has passed; its outcome is
+            # written only if no other instance has taken the job by then.
+            entry.lease_lost = True
+            logger.error("job %s: lease expired while its call runs here; the call goes on"
+                         " as an abandoned call", job_id,
+                         extra=job_fields(job_id, entry.job.kind, "lease lost",
+                                          entry.job.attempts))
+
+    def _on_fenced(self, message: Fenced) -> None:
+        """The queue cannot prove this instance's leases: running calls go on, abandoned."""
+        for entry in self.running.values():
+            entry.lease_lost = message.on
+        self.queue.on_message(message)
+        if not message.on:
+            self._dispatch()
 
     def _check_idle(self) -> None:
         if self.draining and not self.running:
@@ -596,20 +673,13 @@ class Dispatcher(TrackedActor):
 
     # --- control -------------------------------------------------------------------
 
-    def _cancel(self, job_id: str) -> bool:
-        job = self.waiting.remove(job_id)
-        self.queued_since.pop(job_id, None)
+    def _cancel(self, job_id: str) -> Answer:
+        """Withdraw a waiting or retrying job: ``True`` (or a future of it) if it was."""
+        pending = self.retrying.pop(job_id, None)
+        if pending is not None:
+            pending[1].cancel()
         self.avoid.pop(job_id, None)
-        if job is None and job_id in self.retrying:
-            job, handle = self.retrying.pop(job_id)
-            handle.cancel()
-        if job is None:
-            return False
-        self.registry.tell(Transition(job_id=job_id, target=JobState.CANCELLED,
-                                      at=self.clock.time()))
-        logger.info("job %s cancelled", job_id,
-                    extra=job_fields(job_id, job.kind, "cancelled", job.attempts))
-        return True
+        return self.queue.cancel(job_id, pending[0] if pending is not None else None)
 
     def _on_instance_memory(self, message: InstanceMemory) -> None:
         instance = self.instances.get(message.url)
@@ -637,69 +707,84 @@ class Dispatcher(TrackedActor):
         self._dispatch()
 
     def _pause(self, kind: JobKind, reason: str) -> None:
-        if reason not in self.paused[kind]:
-            self.paused[kind].add(reason)
-            logger.warning("%s dispatch paused (%s)", kind.value, reason)
+        self.queue.pause(kind, reason)
 
     def _resume(self, kind: JobKind, reason: str) -> None:
-        if reason in self.paused[kind]:
-            self.paused[kind].discard(reason)
-            left = sorted(self.paused[kind])
-            logger.warning("%s dispatch: %s pause lifted%s", kind.value, reason,
-                           f", still paused by {left}" if left else "; resumed")
+        if self.queue.resume(kind, reason):
             self._dispatch()
 
     def _paused_kinds(self) -> list[str]:
-        return [kind.value for kind, reasons in self.paused.items() if reasons]
+        return [kind.value for kind in JobKind if self.queue.pause_reasons(kind)]
 
     # --- questions -----------------------------------------------------------------
 
     def _estimate(self, kind: JobKind, position: int) -> float:
-        running = sum(1 for entry in self.running.values() if entry.job.kind == kind)
-        slots = (max(1, self.instances.limit(kind)) if self.settings.adaptive_concurrency
-                 else self.pools[kind].size)  # adaptive: the capacity it has now
-        return estimate_wait_s(position, running=running, slots=slots,
-                               duration_s=self.durations[kind].seconds)
+        return self._estimator()(kind, position)
+
+    def _estimator(self) -> Callable[[JobKind, int], float]:
+        """The wait estimate of a place in each kind's queue, from the slots and durations now.
+
+        A pure function of what is known now, so that another thread (the shared queue's
+        reads) may use it without touching this actor's state.
+        """
+        running = Counter(entry.job.kind for entry in self.running.values())
+        slots = {kind: (max(1, self.instances.limit(kind)) if self.settings.adaptive_concurrency
+                        else self.pools[kind].size)  # adaptive: the capacity it has now
+                 for kind in JobKind}
+        durations = {kind: self.durations[kind].seconds for kind in JobKind}
+
+        def estimate(kind: JobKind, position: int) -> float:
+            return estimate_wait_s(position, running=running[kind], slots=slots[kind],
+                                   duration_s=durations[kind])
+
+        return estimate
 
     def _charge(self, job: Job, duration_s: float) -> None:
         """Correct the company's place in the fair order by what the attempt really took."""
-        self.waiting.fair.charge(job.kind, job.priority, job.company,
-                                 duration_s - NOMINAL_COST_S[job.kind])
+        self.queue.charge(job, duration_s - NOMINAL_COST_S[job.kind])
 
-    def _companies(self) -> dict[str, Any]:
-        """Per kind and company: waiting, running, weight and shares (the busiest by name)."""
+    def _companies(self) -> Callable[[Mapping[str, Any] | None], dict[str, Any]]:
+        """Per kind and company: waiting, running, weight and shares (the busiest by name).
+
+        From counts the queue read (``{"waiting": ..., "running": ...}``), or, given
+        ``None``, from what this instance knows (taken now, usable on another thread).
+        """
         running = Counter((e.job.kind, e.job.company or "") for e in self.running.values())
-        waiting = self.waiting.company_counts()
+        waiting = self.queue.company_waiting()
         for job, _ in self.retrying.values():
             waiting[job.kind, job.company or ""] += 1
-        return describe_companies(waiting, running, self.share)
+        here = describe_companies(waiting, running, self.share)
+        share = self.share
 
-    def _position(self, job_id: str, kind: JobKind | None = None) -> tuple[int, float] | None:
-        position = self.waiting.position(job_id, self.clock.time())
-        if position is None:
-            return None
-        job = self.waiting.get(job_id)
-        assert job is not None  # it has a position
-        return position, self._estimate(job.kind, position)
+        def companies(counts: Mapping[str, Any] | None) -> dict[str, Any]:
+            if counts is None:
+                return here
+            return describe_companies(counts["waiting"], counts["running"], share)
 
-    def _inspect(self) -> dict[str, Any]:
+        return companies
+
+    def _position(self, job_id: str) -> Answer:
+        """A waiting job's ``(position, estimated wait)`` or ``None`` (maybe as a future)."""
+        return self.queue.position(job_id, self._estimator())
+
+    def _inspect(self) -> Answer:
         now = self.clock.monotonic()
         kinds: dict[str, Any] = {}
         for kind in JobKind:
             kinds[kind.value] = {
-                "waiting": self.waiting.count(kind),
+                "waiting": self.queue.waiting(kind),
                 "running": sum(1 for e in self.running.values()
                                if e.job.kind == kind and not (e.abandoned or e.lease_lost)),
                 "abandoned": sum(1 for e in self.running.values()
                                  if e.job.kind == kind and (e.abandoned or e.lease_lost)),
                 "retrying": sum(1 for j, _ in self.retrying.values() if j.kind == kind),
-                "paused": bool(self.paused[kind]),
-                "pause_reasons": sorted(self.paused[kind]),
+                "paused": bool(self.queue.pause_reasons(kind)),
+                "pause_reasons": sorted(self.queue.pause_reasons(kind)),
                 "avg_duration_s": self.durations[kind].value_s,
                 "limit": self.instances.limit(kind),
                 "adaptive": self.settings.adaptive_concurrency,
             }
-        return {
+        answer = {
             "draining": self.draining,
             "kinds": kinds,
             "running_jobs": [
@@ -712,6 +797,6 @@ class Dispatcher(TrackedActor):
             "pools": {kind.value: pool.describe() for kind, pool in self.pools.items()},
             "instances": self.instances.describe(now),
             "all_instances_open": self.instances.all_open(self.clock.monotonic()),
-            "companies": self._companies(),
         }
+        return self.queue.inspected(answer, self._companies(), set(self.running))
 

@@ -235,6 +235,39 @@ class SharedTick:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Claimed:
+    """The shared queue's claim came back (tell, from its I/O thread).
+
+    ``jobs`` are ``processing`` with a lease, in the order to start them; ``asked``
+    the kinds the claim was for, and ``short`` those it found fewer jobs of than
+    asked (nothing more to take until a wake-up); ``sent`` (monotonic) when the
+    claim left, where an abandoned call's hold starts.
+    """
+
+    jobs: tuple[Job, ...]
+    asked: frozenset[JobKind]
+    short: frozenset[JobKind]
+    sent: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reaped:
+    """Expired leases of dead instances taken back (tell, from the shared queue's I/O thread)."""
+
+    jobs: tuple[Job, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseWritten:
+    """A pause or resume reached the shared queue, or could not (tell, from its I/O thread)."""
+
+    kind: JobKind
+    reason: str
+    paused: bool
+    written: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LeasesLost:
     """The lease keeper could not renew these jobs' leases: they expired (tell)."""
 

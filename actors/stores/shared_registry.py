@@ -13,7 +13,7 @@ What changes from the local registry (registry.py), and why:
   over the run that replaced it. The lease is renewed until that write is
   done (``store.leases``), not only while the attempt runs.
 * No recovery at start: a dead instance's jobs come back through lease
-  expiry on whichever instance reaps them (shared_dispatcher.py).
+  expiry on whichever instance reaps them (dispatch/shared_queue.py).
 """
 
 from __future__ import annotations
