@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from actors.dispatch.fairness import Capped
@@ -30,6 +31,16 @@ from actors.model.messages import Claimed
 
 Room = Callable[[], dict[JobKind, int]]
 """How many more jobs of each kind could start now (idle workers and Python API room)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the Python API may take now, as this instance sees it (for a shared claim)."""
+
+    limits: Mapping[JobKind, int]
+    """Each kind's limit over every Python API instance."""
+    instances: Mapping[str, tuple[int, Mapping[JobKind, int]]]
+    """Per instance (base URL): its capacity in all, and the most calls of each kind."""
 Answer = Any | Future[Any]
 """A value, or a future of it when the answer needs I/O (the asker waits on it)."""
 
@@ -65,13 +76,13 @@ class QueueBackend(Protocol):
         """A retry's backoff is over: the job may be taken again (the move recorded)."""
 
     def take(self, room: Room, capped: Capped | None, *, qa_first: bool,
-             limits: Mapping[JobKind, int]) -> list[Job]:
+             capacity: Callable[[], Capacity]) -> list[Job]:
         """Jobs to start now, best first, within ``room``; ``processing``, attempt counted.
 
         ``capped``: companies at their running ceiling here; ``qa_first``: questions take
-        the capacity both kinds share before any video; ``limits``: each kind's limit over
-        every Python API instance. A backend that takes asynchronously returns none here
-        and tells the Dispatcher ``Claimed`` later.
+        the capacity both kinds share before any video; ``capacity``: the Python API's,
+        for a claim that counts every instance's calls. A backend that takes
+        asynchronously returns none here and tells the Dispatcher ``Claimed`` later.
         """
 
     def claimed(self, message: Claimed) -> list[Job]:

@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from actors.dispatch.attempts import ANSWERED, BEFORE, CALLING, AttemptCall
-from actors.dispatch.backend import Answer, QueueBackend
+from actors.dispatch.backend import Answer, Capacity, QueueBackend
 from actors.dispatch.fairness import (
     NOMINAL_COST_S,
     FairShare,
@@ -278,19 +278,21 @@ class Dispatcher(TrackedActor):
         return {kind: min(pool.idle, self.instances.room(kind, now))
                 for kind, pool in self.pools.items() if pool.has_idle}
 
-    def _limits(self) -> dict[JobKind, int]:
-        """Each kind's limit over every Python API instance (the shared queue's, globally)."""
+    def _capacity(self) -> Capacity:
+        """What the Python API may take now: per kind over every instance, and per instance."""
         if self.settings.adaptive_concurrency:
-            return {kind: self.instances.limit(kind) for kind in JobKind}
-        return {kind: self.settings.limits(kind).max_concurrent * len(self.clients)
-                for kind in JobKind}
+            limits = {kind: self.instances.limit(kind) for kind in JobKind}
+        else:
+            limits = {kind: self.settings.limits(kind).max_concurrent * len(self.clients)
+                      for kind in JobKind}
+        return Capacity(limits, self.instances.capacities(self.clock.monotonic()))
 
     def _dispatch(self) -> None:
         """Start waiting jobs while the queue has some that a free slot can take."""
         while not self.draining:
             jobs = self.queue.take(
                 self._room, capped_by(self.ceilings, (e.job for e in self.running.values())),
-                qa_first=self.settings.adaptive_concurrency, limits=self._limits())
+                qa_first=self.settings.adaptive_concurrency, capacity=self._capacity)
             if not jobs:
                 return
             for job in jobs:
@@ -298,13 +300,16 @@ class Dispatcher(TrackedActor):
 
     def _on_claimed(self, message: Claimed) -> None:
         """Start the jobs a claim brought; give back those no slot can take any more."""
+        now = self.clock.monotonic()
         for job in self.queue.claimed(message):
+            url = message.routes.get(job.id)
             if (self.draining or not self.pools[job.kind].has_idle
-                    or not self.instances.has_room(job.kind, self.clock.monotonic())):
+                    or not (self.instances.can_take(url, job.kind, now) if url is not None
+                            else self.instances.has_room(job.kind, now))):
                 # The room shrank while the claim was out (a limiter cut, a breaker).
                 self.queue.give_back(job)
                 continue
-            self._launch(job, hold_from=message.sent)
+            self._launch(job, hold_from=message.sent, url=url)
         self._dispatch()
 
     def _on_reaped(self, jobs: tuple[Job, ...]) -> None:
@@ -321,10 +326,12 @@ class Dispatcher(TrackedActor):
                                extra=job_fields(job.id, job.kind, "interrupted", job.attempts))
         self._dispatch()
 
-    def _launch(self, job: Job, *, hold_from: float | None = None) -> None:
+    def _launch(self, job: Job, *, hold_from: float | None = None,
+                url: str | None = None) -> None:
         """Hand a job already marked processing (its attempt counted) to a free worker.
 
-        ``hold_from`` (monotonic) is where an abandoned call's hold starts, if not now.
+        ``hold_from`` (monotonic) is where an abandoned call's hold starts, if not now;
+        ``url`` the Python API instance its slot was claimed at, if the queue chose one.
         """
         stale = self.running.pop(job.id, None)
         if stale is not None:
@@ -335,8 +342,9 @@ class Dispatcher(TrackedActor):
             self._instance_ended(stale, broke=False)
         self.queue.started(job)
         attempt = job.attempts
-        instance = self.instances.choose(job.kind, self.clock.monotonic(),
-                                         avoid=self.avoid.pop(job.id, None))
+        avoid = self.avoid.pop(job.id, None)
+        instance = (self.instances.get(url) if url is not None
+                    else self.instances.choose(job.kind, self.clock.monotonic(), avoid=avoid))
         assert instance is not None  # the caller checked there is room
         self.instances.started(instance, job.kind)
         worker_id, worker = self.pools[job.kind].acquire(job.id)

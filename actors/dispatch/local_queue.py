@@ -16,7 +16,7 @@ from typing import Any
 
 import pykka
 
-from actors.dispatch.backend import DispatcherPort, Room
+from actors.dispatch.backend import Capacity, DispatcherPort, Room
 from actors.dispatch.fairness import Capped, FairClock, FairShare
 from actors.dispatch.scheduling import WaitingQueue
 from actors.model.jobs import Job, JobKind, JobState
@@ -67,7 +67,7 @@ class LocalQueue:
         return True
 
     def take(self, room: Room, capped: Capped | None, *, qa_first: bool,
-             limits: Mapping[JobKind, int]) -> list[Job]:
+             capacity: Callable[[], Capacity]) -> list[Job]:
         """The best waiting job among the kinds with room, started, or none.
 
         One at a time: each start changes the room and the companies' ceilings.

@@ -45,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from actors.dispatch.backend import DispatcherPort, Room
+from actors.dispatch.backend import Capacity, DispatcherPort, Room
 from actors.dispatch.fairness import Capped, ceilings_of
 from actors.model.errors import StoreUnavailable
 from actors.model.jobs import Job, JobKind, JobState
@@ -218,18 +218,22 @@ class ClaimingQueue:
         if jobs:
             self._tell(Reaped(jobs=tuple(jobs)))
 
-    def _claim(self, free: dict[JobKind, int], limits: dict[JobKind, int], sent: float) -> None:
+    def _claim(self, free: dict[JobKind, int], capacity: Capacity, sent: float) -> None:
         s = self.settings
         try:
             # The database's clock. Past a lost lease, the slot stays held until the
             # call's hold is over: counted from the claim there, and here from when the
             # claim was sent, plus the longest a claim may take, so ours ends first.
-            jobs = self.store.claim(free, self.instance_id, limits, None, s.aging_s,
-                                    s.lease_ttl_s, s.call_hold_s + self.store.call_deadline_s,
-                                    ceilings=self.ceilings)
+            # Each job's Python API instance is chosen in the claim, counting every
+            # backend's calls there: an instance's capacity is one, whoever sends.
+            routed = self.store.claim_on_instances(
+                free, self.instance_id, dict(capacity.limits), capacity.instances, None,
+                s.aging_s, s.lease_ttl_s, s.call_hold_s + self.store.call_deadline_s,
+                ceilings=self.ceilings)
         except STORE_ERRORS as exc:
             self._failed("claim", exc)
-            jobs = []  # every kind counts as short: the next wake-up or beat tries again
+            routed = []  # every kind counts as short: the next wake-up or beat tries again
+        jobs = [job for job, _ in routed]
         now = self.clock.time()
         with self._lock:
             self.claims += 1
@@ -242,7 +246,8 @@ class ClaimingQueue:
                 self.metrics.attempt_started(job.kind, max(0.0, now - job.created_at))
         got = Counter(job.kind for job in jobs)
         self._tell(Claimed(jobs=tuple(jobs), asked=frozenset(free), sent=sent,
-                           short=frozenset(k for k, n in free.items() if got[k] < n)))
+                           short=frozenset(k for k, n in free.items() if got[k] < n),
+                           routes={job.id: url for job, url in routed}))
 
     def _give_back(self, job: Job) -> None:
         """Queue a claimed job again, its attempt not counted (it never started)."""
@@ -274,24 +279,24 @@ class ClaimingQueue:
         self._woke()
 
     def take(self, room: Room, capped: Capped | None, *, qa_first: bool,
-             limits: Mapping[JobKind, int]) -> list[Job]:
+             capacity: Callable[[], Capacity]) -> list[Job]:
         """Send one claim for the room there is; its jobs come back with ``Claimed``.
 
-        ``qa_first`` (adaptive capacity): questions are claimed first, videos once no
-        question is left to claim. Company ceilings are the database's (``capped`` is
+        Both kinds in one claim: the database takes questions first (``qa_first`` is
+        its order), and each job's Python API instance only where the calls of every
+        backend leave room. Company ceilings are the database's too (``capped`` is
         local counting, not needed here).
         """
         if self.fenced or self._claiming:
             return []
         free = {kind: n for kind, n in room().items()
                 if n > 0 and not self.local_paused[kind] and kind not in self._short}
-        if qa_first and JobKind.QA in free:
-            free = {JobKind.QA: free[JobKind.QA]}
         if not free:
             return []
         self._claiming, self._woken_meanwhile = True, False
-        self.limits = dict(limits)
-        self._writes.submit(self._claim, free, dict(limits), time.monotonic())
+        now_capacity = capacity()
+        self.limits = dict(now_capacity.limits)
+        self._writes.submit(self._claim, free, now_capacity, time.monotonic())
         return []
 
     def claimed(self, message: Claimed) -> list[Job]:

@@ -248,6 +248,8 @@ class Claimed:
     asked: frozenset[JobKind]
     short: frozenset[JobKind]
     sent: float
+    routes: Mapping[str, str]
+    """Job id -> the Python API instance the claim chose for it (its slot is there)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -141,6 +141,36 @@ class InstanceSet:
         """Whether some instance could take a job of ``kind`` now."""
         return any(self._available(i, kind, now) for i in self.instances)
 
+    def can_take(self, url: str, kind: JobKind, now: float) -> bool:
+        """Whether the instance at ``url`` could take a job of ``kind`` now."""
+        instance = self.get(url)
+        return instance is not None and self._available(instance, kind, now)
+
+    def capacities(self, now: float) -> dict[str, tuple[int, dict[JobKind, int]]]:
+        """Per instance: what it may hold now in all, and of each kind (0: none now).
+
+        For a claim that counts every backend's calls there (the shared queue): the
+        capacity is the instance's, whichever backend sends to it. Adaptive: the
+        limiter's current limit (none while it cools after a Retry-After) and each
+        kind's share of it; static: the kinds' limits. An open or half-open breaker
+        takes nothing; high memory takes no video.
+        """
+        answer: dict[str, tuple[int, dict[JobKind, int]]] = {}
+        for instance in self.instances:
+            self._refresh(instance, now)
+            limiter = instance.limiter
+            if limiter is not None:
+                total = 0 if now < limiter.cooling_until else limiter.current
+            else:
+                total = sum(instance.limits.values())
+            kinds = {kind: instance.limit(kind) for kind in JobKind}
+            if instance.pressure:
+                kinds[JobKind.VIDEO] = 0
+            if instance.breaker != CLOSED:
+                kinds = dict.fromkeys(JobKind, 0)
+            answer[instance.url] = (total, kinds)
+        return answer
+
     def room(self, kind: JobKind, now: float) -> int:
         """How many more jobs of ``kind`` the available instances could take now."""
         return sum(i.room(kind, now) for i in self.instances if self._available(i, kind, now))

@@ -40,6 +40,44 @@ the fair index ``(kind, priority, vtime, seq)``, so a claim never sorts the
 queue; passing a capped company's jobs skips at most its waiting ones (bounded
 by ``QUEUE_MAX_WAITING_*_PER_COMPANY``).
 
+Claim on instances (``qudemo_claim_on()``, schema 8; ``claim_on_instances``): the
+capacity of a Python API instance is one limit for both kinds (dispatch/limiter.py),
+and several backends send to the same instances, so each claimed attempt records
+the instance it goes to (``api_instance``) and the claim chooses it. The claimer
+passes, per instance, its capacity and the most each kind may have there as it
+sees them now (its limiter, breaker, memory); the database supplies the counts:
+
+0. Without a lock, count the slots held at each instance (``SLOT_HELD_SQL``, per
+   kind, from every backend), and skip the kinds with nothing claimable, no free
+   global slot, or no instance with room; nothing left, no lock is taken. A skip
+   never strands a job, as in step 0 above.
+1. Take ONE advisory lock for both kinds, ``claim-on`` (an instance's total spans
+   the kinds, so per-kind locks could not serialise a Q&A claimer with a video
+   claimer), then the per-kind locks of step 1 above for the kinds tried, by
+   name. Every lock is taken in one global order, ``claim-on``, ``claim:qa``,
+   ``claim:video`` (``qudemo_claim`` takes some of the kind locks, in the same
+   order, and never ``claim-on``), so no two claimers of either function ever
+   deadlock; while both functions run (a rolling deploy) the kind locks keep the
+   global per-kind limits exact. (Jobs claimed by ``qudemo_claim`` record no
+   instance, those backends choose theirs locally: only per-instance capacity is
+   unguarded until every backend calls ``qudemo_claim_on``.)
+2. In a later statement, count again: the count includes every claim committed
+   before, as in step 2 above, now per instance and in total per kind.
+3. Claim Q&A first, then video (the adaptive capacity gives questions the free
+   capacity first), each kind as step 3 above (same heads, same order, same
+   ceilings), and give each job the instance with the most room for its kind:
+   ``min(capacity - held there, kind's most - kind held there)``, the first passed
+   on a tie. The counts are kept in the function as it claims (under the lock
+   only this claim adds slots; finishing and reaping only lower them, so a count
+   can be stale only on the safe side). A kind stops when no instance has room.
+
+So a claim adds a job at an instance only while the jobs holding a slot there,
+from every backend, are fewer than the capacity this claimer passes, and those
+of its kind fewer than the kind's most: backends that agree on an instance's
+capacity never exceed it together. When their limiters disagree, each holds its
+own view at claim time (the highest one passed bounds the instance); a lower
+capacity stops new claims there until enough finish, nothing sent is taken back.
+
 Tags are given at insert, in the insert's statement (store.py ``_INSERT_SQL``):
 ``start = max(clock, the company's finish)``, ``finish = start + cost / weight``
 upserted into ``qudemo_fair``; the row lock of ``ON CONFLICT DO UPDATE`` makes
@@ -51,6 +89,7 @@ ties with the head instead of following it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -78,11 +117,17 @@ _WRITE_SQL = (
     " max_attempts = %(max_attempts)s, last_error = %(last_error)s,"
     " dedupe_key = %(dedupe_key)s, has_result = %(has_result)s, record = %(record)s,"
     " lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,"
-    " lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END"
+    " lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END,"
+    # The instance an attempt was sent to means nothing once the job leaves processing;
+    # cleared, so a later claim by qudemo_claim (which sets none) never inherits it.
+    " api_instance = CASE WHEN %(keep_lease)s THEN api_instance END"
     " WHERE id = %(id)s"
 )
 Conn = psycopg.Connection[Any]
 _KINDS = {kind.value: kind for kind in JobKind}
+Rooms = Mapping[str, tuple[int, Mapping[JobKind, int]]]
+"""Per Python API instance (its base URL): its capacity for both kinds together as the
+claimer sees it now, and the most calls of each kind it may have (0 or missing: none)."""
 
 
 def order_sql(aging_s: float) -> str:
@@ -126,6 +171,35 @@ def claim(conn: Conn, free: dict[JobKind, int], instance_id: str, limits: dict[J
     claimed = [row_to_job(row) for row in rows]
     at = now if now is not None else max((j.started_at or 0.0 for j in claimed), default=0.0)
     return merged(claimed, at, aging_s)
+
+
+def claim_on_instances(conn: Conn, free: dict[JobKind, int], instance_id: str,
+                       limits: dict[JobKind, int], rooms: Rooms, now: float | None,
+                       aging_s: float, lease_ttl_s: float, hold_s: float = 0.0, *,
+                       ceilings: dict[JobKind, int] | None = None) -> list[tuple[Job, str]]:
+    """Claim the best waiting jobs and the Python API instance of each: one statement.
+
+    As ``claim``, and a job is given an instance of ``rooms`` only while the jobs
+    holding a slot there (from every backend, both kinds) are fewer than its capacity,
+    and those of its kind fewer than the kind's most. Q&A is claimed first; each job
+    goes to the instance with the most room for its kind (the first of ``rooms`` on a
+    tie). Returned in the order claimed (Q&A first, each kind in the fair order), each
+    with its instance's URL.
+    """
+    kinds = sorted((k for k, n in free.items() if n > 0), key=lambda k: (k != JobKind.QA, k))
+    urls = [url for url, (total, _) in rooms.items() if total > 0]
+    if not kinds or not urls:
+        return []
+    ceilings = ceilings or {}
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS}, api_instance FROM qudemo_claim_on(%s::text[], %s::bigint[],"
+        " %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::float8,"
+        " %s::float8, %s::text, %s::float8, %s::float8)",
+        ([k.value for k in kinds], [free[k] for k in kinds], [limits.get(k, 0) for k in kinds],
+         [ceilings.get(k, 0) for k in kinds], urls, [rooms[url][0] for url in urls],
+         [rooms[url][1].get(k, 0) for url in urls for k in kinds], now, aging_s, instance_id,
+         lease_ttl_s, hold_s)).fetchall()
+    return [(row_to_job(tuple(row[:-1])), str(row[-1])) for row in rows]
 
 
 def merged(claimed: list[Job], now: float, aging_s: float) -> list[Job]:
@@ -306,6 +380,22 @@ def paused(conn: Conn, now: float | None) -> dict[JobKind, set[str]]:
     for kind, reason, instance_id in rows:
         if kind in _KINDS:
             found[_KINDS[kind]].add(f"{reason}@{instance_id}" if instance_id else reason)
+    return found
+
+
+def api_in_flight(conn: Conn, now: float | None) -> dict[str, dict[JobKind, int]]:
+    """Return how many jobs per kind hold a slot at each Python API instance (every backend).
+
+    Only the attempts claimed with ``claim_on_instances`` know their instance.
+    """
+    at = f"coalesce(%(now)s::float8, {DB_NOW})"
+    rows = conn.execute("SELECT api_instance, kind, count(*) FROM qudemo_jobs"
+                        " WHERE api_instance IS NOT NULL AND " + SLOT_HELD_SQL.format(now=at)
+                        + " GROUP BY 1, 2", {"now": now})
+    found: dict[str, dict[JobKind, int]] = {}
+    for url, kind, count in rows:
+        if kind in _KINDS:
+            found.setdefault(url, dict.fromkeys(JobKind, 0))[_KINDS[kind]] = int(count)
     return found
 
 

@@ -8,11 +8,14 @@ reason it is race-free, are in pg_claims.py.
 How an instance uses it (the dispatcher's loop, in order):
 
 * ``listen(cb)`` once at start; on each wake-up (and on a slow fallback timer):
-  ``reap_expired`` then ``claim`` for the kinds with idle workers.
+  ``reap_expired`` then ``claim`` for the kinds with idle workers, or
+  ``claim_on_instances``, which also chooses each job's Python API instance so that
+  an instance's capacity holds across every backend (issue 20).
 * every ``lease_ttl_s / 3``: ``renew_leases`` for the jobs it runs (also its heartbeat);
   a job missing from the answer was reaped: drop its outcome when it comes.
 * an attempt's outcome: ``finish(job, instance_id)`` (fenced by the lease).
-* ``cancel``, ``pause``, ``resume``, ``paused``, ``position``, ``in_flight`` for the facade.
+* ``cancel``, ``pause``, ``resume``, ``paused``, ``position``, ``in_flight``,
+  ``api_in_flight`` for the facade.
 """
 
 from __future__ import annotations
@@ -71,6 +74,44 @@ class SharedQueue:
         with self._conn() as conn:
             return pg_claims.claim(conn, kinds_with_free_workers, instance_id, limits, now,
                                    aging_s, lease_ttl_s, hold_s, ceilings=ceilings)
+
+    def claim_on_instances(self, kinds_with_free_workers: dict[JobKind, int], instance_id: str,
+                           limits: dict[JobKind, int], rooms: pg_claims.Rooms,
+                           now: float | None, aging_s: float, lease_ttl_s: float,
+                           hold_s: float = 0.0, *, ceilings: dict[JobKind, int] | None = None,
+                           ) -> list[tuple[Job, str]]:
+        """Claim as ``claim`` does, and choose each job's Python API instance in the same claim.
+
+        ``rooms`` maps each Python API instance's base URL (the same string on every
+        backend) to ``(capacity, {kind: most})`` as this backend sees it now: the
+        instance's capacity for both kinds together (its adaptive limit, 0 while it is
+        cooling) and the most calls each kind may have there (``kind_limit``: 0 while its
+        breaker is open, or for video while its memory is high). The slots held there
+        are counted over every backend (``processing``, no result, lease live or hold
+        not passed), so together the backends never send an instance more than
+        ``capacity`` calls, nor more of a kind than its most; ``limits`` per kind still
+        hold too. Q&A is claimed first (it takes the free capacity first), then video;
+        each job goes to the instance with the most room for its kind (min of its free
+        capacity and its kind's free most; the first in ``rooms`` on a tie), which is
+        written with the claim (``api_instance``). A kind stops when no instance has room.
+
+        Returns:
+            ``(job, url)`` per claimed job in the order to start them: the questions,
+            then the videos, each kind in the fair order (as ``claim``'s).
+        """
+        with self._conn() as conn:
+            return pg_claims.claim_on_instances(conn, kinds_with_free_workers, instance_id,
+                                                limits, rooms, now, aging_s, lease_ttl_s,
+                                                hold_s, ceilings=ceilings)
+
+    def api_in_flight(self, now: float | None = None) -> dict[str, dict[JobKind, int]]:
+        """Return how many jobs of each kind hold a slot at each Python API instance.
+
+        Across every backend; only jobs claimed by ``claim_on_instances`` are counted
+        (``claim`` records no instance).
+        """
+        with self._conn() as conn:
+            return pg_claims.api_in_flight(conn, self._lease_now() if now is None else now)
 
     def renew_leases(self, instance_id: str, job_ids: Iterable[str],
                      ttl: float, *, now: float | None = None) -> set[str]:

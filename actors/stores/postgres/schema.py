@@ -14,11 +14,17 @@ Tables and the claim function (all in the connection's ``current_schema()``)::
                       (virtual time) of its queued work: the fair order between companies
     qudemo_fair_clock per (kind, priority): the virtual clock, the highest tag claimed
     qudemo_claim()    the claim, one call and one round trip (pg_claims.py explains it)
+    qudemo_claim_on() the claim that also chooses each job's Python API instance within
+                      each instance's capacity over every backend (schema 8; pg_claims.py)
+    qudemo_api_slots() the slots held at each given Python API instance, per kind
 
 A job ``processing`` holds a slot of its kind while its lease is live or its
 ``hold_until`` (claim time + the abandoned-call hold) has not passed, whichever
 is later: the Python API is still at a call whose instance died, so the slot
-is not free before that. Lease and hold times are the database's clock.
+is not free before that. Lease and hold times are the database's clock. A job
+claimed by ``qudemo_claim_on`` also holds that slot at the Python API instance in
+its ``api_instance`` (the base URL it was sent to; cleared when it leaves
+``processing``), where the slots of both kinds together are the instance's load.
 
 The columns win over the record: a claim or a reap changes ``state``,
 ``attempts``, ``started_at``, ... in SQL only, and ``row_to_job`` lays the
@@ -494,6 +500,201 @@ MIGRATIONS: tuple[str, ...] = (
                     started_at = v_now, next_attempt_at = NULL, lease_owner = p_owner,
                     lease_expires_at = v_now + p_ttl, hold_until = v_now + p_hold
                 WHERE j.id = v_id RETURNING j.* INTO v_row;
+                INSERT INTO qudemo_fair_clock AS c (kind, priority, v)
+                    VALUES (v_row.kind, v_row.priority, v_row.vtime)
+                    ON CONFLICT (kind, priority) DO UPDATE SET v = GREATEST(c.v, EXCLUDED.v);
+                n := n + 1;
+                RETURN NEXT v_row;
+            END LOOP;
+        END LOOP;
+    END
+    $claim$;
+    """,
+    # 8: the capacity of a Python API instance holds across backends (issue 20). A claimed
+    # attempt records the instance it is sent to (api_instance, its base URL), and
+    # qudemo_claim_on counts the slots held at each instance, both kinds together, over
+    # every backend, then claims and assigns instances in one call under one lock for both
+    # kinds (pg_claims.py explains why that is race-free). qudemo_claim stays for callers
+    # that choose the instance themselves (and for the backends of a rolling deploy).
+    r"""
+    ALTER TABLE qudemo_jobs ADD COLUMN api_instance text;
+    -- Processing jobs only (a few per instance): the per-instance count reads this.
+    CREATE INDEX qudemo_jobs_api_slots ON qudemo_jobs (api_instance, kind)
+        WHERE state = 'processing';
+    -- The slots held at each of p_urls per kind: url_index is the place in p_urls.
+    -- STABLE: it reads with the snapshot of the statement that calls it, which is fresh
+    -- for each statement of the (VOLATILE) claim.
+    CREATE FUNCTION qudemo_api_slots(p_urls text[], p_now double precision)
+    RETURNS TABLE (url_index integer, kind text, held bigint)
+    LANGUAGE sql STABLE SET search_path FROM CURRENT
+    AS $slots$
+        SELECT u.i::integer, s.kind, count(*) FROM qudemo_jobs s
+        JOIN unnest(p_urls) WITH ORDINALITY AS u (url, i) ON s.api_instance = u.url
+        WHERE s.state = 'processing' AND NOT s.has_result
+          AND (s.lease_expires_at > p_now OR s.hold_until > p_now)
+        GROUP BY 1, 2
+    $slots$;
+    -- p_kinds in claim order (Q&A first: it takes the free capacity first); p_free,
+    -- p_limits, p_ceilings per kind as qudemo_claim's. Per instance p_urls[u]: p_totals[u]
+    -- calls of both kinds at most, and p_kind_max[(u - 1) * nk + k] of kind p_kinds[k]
+    -- (nk kinds; 0: none of that kind there now).
+    CREATE FUNCTION qudemo_claim_on(p_kinds text[], p_free bigint[], p_limits bigint[],
+                                    p_ceilings bigint[], p_urls text[], p_totals bigint[],
+                                    p_kind_max bigint[], p_now double precision,
+                                    p_aging double precision, p_owner text,
+                                    p_ttl double precision, p_hold double precision)
+    RETURNS SETOF qudemo_jobs LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT
+    AS $claim$
+    DECLARE
+        nk integer := coalesce(array_length(p_kinds, 1), 0);
+        nu integer := coalesce(array_length(p_urls, 1), 0);
+        k integer;
+        u integer;
+        v_pass integer;
+        v_at integer;  -- where the next job goes: an index of p_urls
+        v_best bigint;
+        v_free bigint;
+        n bigint;
+        v_room bigint;
+        v_used bigint[];  -- per instance: the slots held there, both kinds
+        v_kind_used bigint[];  -- per instance and kind, laid out as p_kind_max
+        v_try boolean[];
+        v_kind text;
+        v_slot record;
+        v_id text;
+        v_capped text[];
+        v_skipped text[];
+        v_row qudemo_jobs;
+        v_now double precision := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+    BEGIN
+        -- Pass 1 counts without a lock, to skip what cannot be claimed; pass 2 counts
+        -- again under the locks, in a later statement (a fresh snapshot): the count then
+        -- includes every claim committed before ours.
+        FOR v_pass IN 1 .. 2 LOOP
+            v_used := array_fill(0::bigint, ARRAY[nu]);
+            v_kind_used := array_fill(0::bigint, ARRAY[nu * nk]);
+            FOR v_slot IN SELECT * FROM qudemo_api_slots(p_urls, v_now) LOOP
+                v_used[v_slot.url_index] := v_used[v_slot.url_index] + v_slot.held;
+                k := array_position(p_kinds, v_slot.kind);
+                IF k IS NOT NULL THEN
+                    v_kind_used[(v_slot.url_index - 1) * nk + k] := v_slot.held;
+                END IF;
+            END LOOP;
+            EXIT WHEN v_pass = 2;
+            -- A kind is tried when it has a claimable job, a free global slot and some
+            -- instance with room for it. A skip never strands a job: whatever changes
+            -- that after this snapshot sends a NOTIFY after it (schema 2).
+            v_try := array_fill(false, ARRAY[nk]);
+            FOR k IN 1 .. nk LOOP
+                v_try[k] := p_free[k] > 0
+                  AND EXISTS (
+                    SELECT 1 FROM qudemo_jobs h WHERE h.kind = p_kinds[k]
+                      AND h.state IN ('queued', 'retrying')
+                      AND (h.state = 'queued' OR h.next_attempt_at <= v_now))
+                  AND (SELECT count(*) FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                         AND s.state = 'processing' AND NOT s.has_result
+                         AND (s.lease_expires_at > v_now OR s.hold_until > v_now))
+                      < p_limits[k]
+                  AND EXISTS (
+                    SELECT 1 FROM generate_series(1, nu) AS g (i)
+                    WHERE LEAST(p_totals[g.i] - v_used[g.i],
+                                p_kind_max[(g.i - 1) * nk + k]
+                                - v_kind_used[(g.i - 1) * nk + k]) > 0);
+            END LOOP;
+            IF NOT (true = ANY (v_try)) THEN
+                RETURN;
+            END IF;
+            -- One lock for both kinds (an instance's total spans them), then the old
+            -- per-kind locks of the kinds tried, by name as qudemo_claim takes them: one
+            -- order for every lock, so no deadlock, and while qudemo_claim runs on
+            -- backends not upgraded yet, the global per-kind limits still hold.
+            PERFORM pg_advisory_xact_lock(
+                hashtextextended(current_schema() || ':qudemo:' || 'claim-on', 0));
+            FOR v_kind IN SELECT t.kind FROM unnest(p_kinds, v_try) AS t (kind, tried)
+                          WHERE t.tried ORDER BY t.kind LOOP
+                PERFORM pg_advisory_xact_lock(
+                    hashtextextended(current_schema() || ':qudemo:' || 'claim:' || v_kind, 0));
+            END LOOP;
+        END LOOP;
+        FOR k IN 1 .. nk LOOP
+            CONTINUE WHEN NOT v_try[k];
+            CONTINUE WHEN EXISTS (
+                SELECT 1 FROM qudemo_pauses p WHERE p.kind = p_kinds[k]
+                  AND (p.instance_id = '' OR EXISTS (
+                      SELECT 1 FROM qudemo_instances i
+                      WHERE i.id = p.instance_id AND i.expires_at > v_now)));
+            SELECT GREATEST(0, LEAST(p_free[k], p_limits[k] - count(*))) INTO v_room
+              FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                AND s.state = 'processing' AND NOT s.has_result
+                AND (s.lease_expires_at > v_now OR s.hold_until > v_now);
+            v_skipped := '{}';
+            n := 0;
+            WHILE n < v_room LOOP
+                -- The instance with the most room for the kind (the first given on a tie,
+                -- as InstanceSet.choose); none left: the kind is done.
+                v_at := NULL;
+                v_best := 0;
+                FOR u IN 1 .. nu LOOP
+                    v_free := LEAST(p_totals[u] - v_used[u],
+                                    p_kind_max[(u - 1) * nk + k] - v_kind_used[(u - 1) * nk + k]);
+                    IF v_free > v_best THEN
+                        v_at := u;
+                        v_best := v_free;
+                    END IF;
+                END LOOP;
+                EXIT WHEN v_at IS NULL;
+                v_capped := '{}';
+                IF p_ceilings[k] > 0 THEN  -- companies at their running ceiling: passed over
+                    SELECT coalesce(array_agg(c.company), '{}') INTO v_capped FROM (
+                        SELECT s.company FROM qudemo_jobs s WHERE s.kind = p_kinds[k]
+                          AND s.state = 'processing' AND NOT s.has_result
+                          AND (s.lease_expires_at > v_now OR s.hold_until > v_now)
+                        GROUP BY s.company HAVING count(*) >= p_ceilings[k]) c;
+                END IF;
+                -- The fair head of each base priority; the best of them by aging, then seq
+                -- (exactly schema 7's).
+                SELECT w.id INTO v_id FROM (
+                    (SELECT h.id, h.priority, h.created_at, h.seq FROM qudemo_jobs h
+                     WHERE h.kind = p_kinds[k] AND h.priority <= 1
+                       AND h.state IN ('queued', 'retrying')
+                       AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                       AND h.company <> ALL (v_capped) AND h.id <> ALL (v_skipped)
+                     ORDER BY h.priority, h.vtime, h.seq LIMIT 1)
+                    UNION ALL
+                    (SELECT h.id, h.priority, h.created_at, h.seq FROM qudemo_jobs h
+                     WHERE h.kind = p_kinds[k] AND h.priority = 2
+                       AND h.state IN ('queued', 'retrying')
+                       AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                       AND h.company <> ALL (v_capped) AND h.id <> ALL (v_skipped)
+                     ORDER BY h.priority, h.vtime, h.seq LIMIT 1)
+                    UNION ALL
+                    (SELECT h.id, h.priority, h.created_at, h.seq FROM qudemo_jobs h
+                     WHERE h.kind = p_kinds[k] AND h.priority >= 3
+                       AND h.state IN ('queued', 'retrying')
+                       AND (h.state = 'queued' OR h.next_attempt_at <= v_now)
+                       AND h.company <> ALL (v_capped) AND h.id <> ALL (v_skipped)
+                     ORDER BY h.priority, h.vtime, h.seq LIMIT 1)
+                ) w
+                ORDER BY CASE WHEN p_aging > 0 THEN GREATEST(1, w.priority - floor(
+                             GREATEST(0, v_now - w.created_at) / p_aging)::bigint)
+                         ELSE w.priority END, w.seq
+                LIMIT 1;
+                EXIT WHEN v_id IS NULL;
+                -- A row an operator is cancelling right now is passed, not waited on.
+                PERFORM 1 FROM qudemo_jobs j WHERE j.id = v_id
+                  AND j.state IN ('queued', 'retrying') FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN
+                    v_skipped := v_skipped || v_id;
+                    CONTINUE;
+                END IF;
+                UPDATE qudemo_jobs j SET state = 'processing', attempts = j.attempts + 1,
+                    started_at = v_now, next_attempt_at = NULL, lease_owner = p_owner,
+                    lease_expires_at = v_now + p_ttl, hold_until = v_now + p_hold,
+                    api_instance = p_urls[v_at]
+                WHERE j.id = v_id RETURNING j.* INTO v_row;
+                -- Counted here, not read again: under the locks only this claim adds slots.
+                v_used[v_at] := v_used[v_at] + 1;
+                v_kind_used[(v_at - 1) * nk + k] := v_kind_used[(v_at - 1) * nk + k] + 1;
                 INSERT INTO qudemo_fair_clock AS c (kind, priority, v)
                     VALUES (v_row.kind, v_row.priority, v_row.vtime)
                     ON CONFLICT (kind, priority) DO UPDATE SET v = GREATEST(c.v, EXCLUDED.v);
