@@ -14,7 +14,9 @@ Two parts, each running FIFO and the fair order in the same run:
 Figures: the small company's p99 wait (aim: at most its own work's length, its videos one
 after the other, plus one job of the others), Jain's fairness index of the service the big
 and the medium company received divided by their weights while both had work waiting
-(aim: >= 0.95), and throughput (aim: >= 0.95 of FIFO).
+(aim: >= 0.95), and throughput (aim: >= 0.95 of FIFO). The aims are judged on the five
+workloads; ``wide`` replays many more (seeds 0 to ``wide_seeds - 1``) to show how often each
+holds, for FIFO, the fair order without the newcomer credit (plain SFQ) and with it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from typing import Any
 
 from actors import JobKind, JobSystem, Settings
-from actors.dispatch.fairness import NOMINAL_COST_S, FairClock, FairShare
+from actors.dispatch.fairness import NEWCOMER_CREDIT_JOBS, NOMINAL_COST_S, FairClock, FairShare
 from actors.dispatch.scheduling import WaitingQueue
 from actors.model.jobs import Job
 from bench.common import StandInProcess, percentile, ratio, wait_until, write_result
@@ -53,9 +55,9 @@ def workload(seed: int) -> list[tuple[Job, float]]:
 
 
 def replay(jobs: list[tuple[Job, float]], weights: dict[str, float] | None,
-           fifo: bool) -> dict[str, Any]:
+           fifo: bool, credit_jobs: float = NEWCOMER_CREDIT_JOBS) -> dict[str, Any]:
     """Run the jobs through a WaitingQueue on a virtual clock; return waits and service."""
-    share = FairShare(weights or {})
+    share = FairShare(weights or {}, credit_jobs)
     queue = WaitingQueue(0.0, fairness=FairClock(share))
     length = {job.id: size for job, size in jobs}
     company = {job.id: job.data["company_name"] for job, _ in jobs}
@@ -77,11 +79,11 @@ def replay(jobs: list[tuple[Job, float]], weights: dict[str, float] | None,
             queue.push(job.replace(data={"company_name": "all"}) if fifo else job)
             i += 1
         while len(running) < SLOTS and len(queue):
-            job = queue.pop_next((VIDEO,), now)
-            assert job is not None
-            heapq.heappush(running, (now + length[job.id], job.id))
-            ran.append((company[job.id], now, now + length[job.id]))
-            waits[company[job.id]].append(now - job.created_at)
+            head = queue.pop_next((VIDEO,), now)
+            assert head is not None
+            heapq.heappush(running, (now + length[head.id], head.id))
+            ran.append((company[head.id], now, now + length[head.id]))
+            waits[company[head.id]].append(now - head.created_at)
     return {"waits": waits, "ran": ran, "makespan_s": now}
 
 
@@ -103,14 +105,19 @@ def jain(ran: list[tuple[str, float, float]], weights: dict[str, float]
     return round(index, 4), start, end
 
 
-def replay_figures(seed: int, weights: dict[str, float]) -> dict[str, Any]:
-    """FIFO and the fair order on the same workload."""
+ORDERS = (("fifo", True, NEWCOMER_CREDIT_JOBS), ("fair", False, NEWCOMER_CREDIT_JOBS))
+WIDE_ORDERS = (*ORDERS, ("fair_no_credit", False, 0.0))
+
+
+def replay_figures(seed: int, weights: dict[str, float],
+                   orders: tuple[tuple[str, bool, float], ...] = ORDERS) -> dict[str, Any]:
+    """FIFO and the fair order (and more ``orders``: label, FIFO?, credit) on one workload."""
     jobs = workload(seed)
     small = [size for job, size in jobs if job.data["company_name"] == "small"]
     one_other = max(size for job, size in jobs if job.data["company_name"] != "small")
     figures: dict[str, Any] = {}
-    for label, fifo in (("fifo", True), ("fair", False)):
-        run = replay(jobs, weights, fifo)
+    for label, fifo, credit_jobs in orders:
+        run = replay(jobs, weights, fifo, credit_jobs)
         index, start, end = jain(run["ran"], weights)
         figures[label] = {
             "small_p99_wait_min": round(percentile(run["waits"]["small"], 0.99) / 60, 1),
@@ -154,10 +161,32 @@ def actors_run(url: str, fifo: bool) -> dict[str, Any]:
         percentile(waits, 0.99), 1)}
 
 
-def run(seeds: int = 5, repeat: int = 3) -> dict[str, Any]:
-    """Both parts; write ``bench/results/fairness.json``."""
-    replays = {"equal weights": [replay_figures(seed, {}) for seed in range(seeds)],
-               "big weighs 2": [replay_figures(seed, {"big": 2.0}) for seed in range(seeds)]}
+WEIGHTS = {"equal weights": {}, "big weighs 2": {"big": 2.0}}
+
+
+def wide(seeds: int) -> dict[str, Any]:
+    """Per weighting and order, over ``seeds`` workloads: how often each aim holds."""
+    found: dict[str, Any] = {}
+    for name, weights in WEIGHTS.items():
+        runs = [replay_figures(seed, weights, WIDE_ORDERS) for seed in range(seeds)]
+        found[name] = {label: {
+            "small_within_aim": sum(r[label]["small_p99_wait_min"] <= r["small_aim_min"]
+                                    for r in runs),
+            "jain_at_least_0_95": sum(r[label]["jain_index"] >= 0.95 for r in runs),
+            "jain_min": min(r[label]["jain_index"] for r in runs),
+            "jain_median": round(percentile([r[label]["jain_index"] for r in runs], 0.5), 4),
+            "small_p99_wait_median_min": round(percentile(
+                [r[label]["small_p99_wait_min"] for r in runs], 0.5), 1),
+            "makespan_vs_fifo_min": min(ratio(r["fifo"]["makespan_min"],
+                                              r[label]["makespan_min"]) or 0.0 for r in runs),
+            "workloads": seeds} for label, _, _ in WIDE_ORDERS}
+    return found
+
+
+def run(seeds: int = 5, repeat: int = 3, wide_seeds: int = 100) -> dict[str, Any]:
+    """Both parts (and the replay over ``wide_seeds`` workloads); write the results."""
+    replays = {name: [replay_figures(seed, weights) for seed in range(seeds)]
+               for name, weights in WEIGHTS.items()}
     actors: dict[str, list[dict[str, Any]]] = {"fifo": [], "fair": []}
     with StandInProcess(latency_video_s=0.02) as standin:
         for _ in range(repeat):
@@ -187,11 +216,14 @@ def run(seeds: int = 5, repeat: int = 3) -> dict[str, Any]:
     result = {
         "setup": {"slots": SLOTS, "arrivals": [list(a) for a in ARRIVALS],
                   "lengths_s": list(LENGTHS_S), "seeds": seeds, "repeat": repeat,
+                  "newcomer_credit_jobs": NEWCOMER_CREDIT_JOBS, "wide_seeds": wide_seeds,
                   "replay": "WaitingQueue + FairClock on a virtual clock; worst over seeds",
+                  "wide": "the replay over seeds 0 .. wide_seeds-1: counts of workloads",
                   "actors": "JobSystem (memory store), stand-in 20 ms per video; best of "
                             "repeats"},
         "replay": worst_replay,
         "replay_runs": replays,
+        "wide": wide(wide_seeds) if wide_seeds > 0 else {},
         "actors": {"runs": actors, "best_jobs_per_s": best, "throughput_vs_fifo": throughput},
         "aims": aims,
     }

@@ -7,7 +7,13 @@ from collections import Counter
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.dispatch.fairness import NOMINAL_COST_S, FairClock, FairShare, describe_companies
+from actors.dispatch.fairness import (
+    NEWCOMER_CREDIT_JOBS,
+    NOMINAL_COST_S,
+    FairClock,
+    FairShare,
+    describe_companies,
+)
 from actors.dispatch.scheduling import WaitingQueue
 from actors.model.errors import SettingsError
 from actors.model.jobs import Job
@@ -16,6 +22,8 @@ from tests.standin import PythonApiStandIn
 from tests.test_actors_support import started, video, wait_state, wait_until
 
 VIDEO, QA = JobKind.VIDEO, JobKind.QA
+C = NOMINAL_COST_S[VIDEO]  # one video of a weight-1 company, in virtual time
+CREDIT = NEWCOMER_CREDIT_JOBS * C
 
 
 class Jobs:
@@ -81,7 +89,48 @@ def test_a_newcomer_does_not_wait_behind_an_old_backlog() -> None:
         queue.push(make("b"))
     assert queue.position("b31", now=0.0) == 1  # its real place: next
     order = companies(pop(queue, 8))
-    assert order == "bababaaa"  # B's three go within the next five dispatches
+    assert order == "bbabaaaa"  # B's three go within the next four dispatches
+
+
+def test_a_newcomer_starts_its_credit_behind_the_clock_then_takes_its_share() -> None:
+    make, queue = Jobs(), queue_of()
+    for _ in range(40):
+        queue.push(make("a"))
+    pop(queue, 20)  # the clock has moved well past 0
+    clock = queue.fair.now(VIDEO, 2)
+    assert clock == 19 * C - CREDIT  # a's own credit was used at its start
+    b = [queue.push(make("b")) for _ in range(6)]
+    assert [job.vtime for job in b[:2]] == [clock - CREDIT, clock - CREDIT + C]
+    # a's next job is tagged one job past the clock: b's first three go before it (ties go
+    # to the earlier arrival), then the two alternate: b owes nothing, is owed nothing.
+    assert companies(pop(queue, 11)) == "bbbababab" + "aa"
+
+
+def test_a_burst_split_in_two_earns_the_credit_only_once() -> None:
+    make, queue = Jobs(), queue_of()
+    queue.fair.PRUNE_EVERY = 1  # a prune never drops a finish that still counts
+    for _ in range(40):
+        queue.push(make("a"))
+    pop(queue, 20)
+    clock = queue.fair.now(VIDEO, 2)
+    first = [queue.push(make("b")) for _ in range(2)]
+    assert companies(pop(queue, 2)) == "bb"  # the credit: both go at once
+    # b comes straight back for more: it continues after its own work, not from the
+    # clock minus the credit again, so two bursts get what one would have.
+    second = [queue.push(make("b")) for _ in range(2)]
+    assert [job.vtime for job in first + second] == [clock - CREDIT + n * C for n in range(4)]
+    assert companies(pop(queue, 4)) == "baba"
+
+
+def test_a_heavier_newcomer_gets_its_weight_times_the_credit_in_jobs() -> None:
+    make, queue = Jobs(), queue_of({"b": 3.0})
+    for _ in range(10):
+        queue.push(make("a"))
+    pop(queue, 2)
+    for _ in range(10):
+        queue.push(make("b"))
+    # The credit is virtual time, the same for all: b's jobs step C/3, so six fit in it.
+    assert companies(pop(queue, 9)) == "bbbbbbabb"
 
 
 def test_an_idle_company_banks_no_credit() -> None:
@@ -90,9 +139,10 @@ def test_an_idle_company_banks_no_credit() -> None:
     for _ in range(40):
         queue.push(make("a"))
     assert companies(pop(queue, 21)) == "ba" + "a" * 19  # b idle while a works alone
-    for _ in range(6):  # b comes back: it is not owed the 19 jobs a ran meanwhile
-        queue.push(make("b"))
-    assert companies(pop(queue, 8)) == "babababa"
+    for _ in range(6):  # b comes back: it is not owed the 19 jobs a ran meanwhile,
+        queue.push(make("b"))  # only the credit (its first jobs before a's next)
+    assert queue.get("b42").vtime == queue.fair.now(VIDEO, 2) - CREDIT  # type: ignore[union-attr]
+    assert companies(pop(queue, 8)) == "bbbababa"
 
 
 def test_a_retried_job_keeps_its_place_and_aging_does_not_reorder_a_priority() -> None:
@@ -102,11 +152,12 @@ def test_a_retried_job_keeps_its_place_and_aging_does_not_reorder_a_priority() -
     started_a = pop(queue, 2)
     for _ in range(3):
         queue.push(make("b", created_at=100.0))
-    # Its attempt failed; the retried job comes back with its tag, before later arrivals.
+    # Its attempt failed; the retried job comes back with its tag, before later arrivals
+    # (b's first is tagged before it: the newcomer's credit, given when b came).
     retried = queue.push(started_a[1].replace(state=JobState.QUEUED))
     assert retried.vtime == started_a[1].vtime
     at_100 = [j.id for j in pop(queue, 6, now=100.0)]
-    assert at_100[0] == "a2"
+    assert at_100[:3] == ["b11", "a2", "b12"]
     # The same order whatever the time: aging only lifts a priority's fair head.
     again, queue2 = Jobs(), queue_of(aging_s=10.0)
     for _ in range(10):
@@ -114,7 +165,22 @@ def test_a_retried_job_keeps_its_place_and_aging_does_not_reorder_a_priority() -
     pop(queue2, 2)
     for _ in range(3):
         queue2.push(again("b", created_at=100.0))
-    assert [j.id for j in pop(queue2, 5, now=100.0)] == at_100[1:]
+    assert [j.id for j in pop(queue2, 5, now=100.0)] == [j for j in at_100 if j != "a2"]
+
+
+def test_a_retried_newcomer_job_keeps_its_credit_and_aging_does_not_move_it() -> None:
+    make, queue = Jobs(), queue_of(aging_s=10.0)
+    for _ in range(10):
+        queue.push(make("a", created_at=0.0))
+    pop(queue, 4, now=0.0)
+    b = queue.push(make("b", created_at=50.0))
+    assert b.vtime == queue.fair.now(VIDEO, 2) - CREDIT
+    assert queue.pop_next((VIDEO,), 50.0) == b
+    pop(queue, 2, now=50.0)  # the clock moves on while b's attempt fails
+    # Back with the same tag, still first, however long the others have waited.
+    assert queue.push(b.replace(state=JobState.QUEUED)).vtime == b.vtime
+    assert queue.position("b11", now=1000.0) == 1
+    assert queue.pop_next((VIDEO,), 1000.0) == b
 
 
 def test_aging_still_lifts_a_low_priority_head_across_priorities() -> None:
@@ -155,8 +221,8 @@ def test_kinds_and_priorities_keep_clocks_of_their_own() -> None:
         queue.push(make("a", kind=QA, priority=1))
     pop(queue, 5)
     # A video of a newcomer is not placed by the questions' clock.
-    assert queue.push(make("b")).vtime == 0.0
-    assert queue.push(make("b", priority=3)).vtime == 0.0
+    assert queue.push(make("b")).vtime == -CREDIT
+    assert queue.push(make("b", priority=3)).vtime == -CREDIT
 
 
 def test_the_company_view_is_bounded_and_sums_the_rest() -> None:
@@ -225,7 +291,7 @@ def test_a_second_company_starts_within_the_next_dispatches_not_after_the_backlo
             assert wait_state(system, job_id).state == JobState.COMPLETED
     order = company_calls(standin)
     assert order[:2] == "aa"
-    # B's three videos were the 3rd, 5th and 7th dispatched (FIFO: 31st to 33rd); two
+    # B's three videos were the 3rd, 4th and 6th dispatched (FIFO: 31st to 33rd); two
     # workers may swap neighbours on their way to the stand-in.
     assert [i for i, c in enumerate(order) if c == "b"][-1] <= 7, order
 

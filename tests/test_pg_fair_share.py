@@ -8,7 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from actors import JobKind, JobState, JobSystem, Settings
-from actors.dispatch.fairness import FairShare
+from actors.dispatch.fairness import NEWCOMER_CREDIT_JOBS, NOMINAL_COST_S, FairClock, FairShare
+from actors.dispatch.scheduling import WaitingQueue
+from actors.model.errors import DuplicateJob, JobNotFound, JobStateConflict
 from actors.model.jobs import Job, freeze
 from actors.stores.postgres.store import PostgresJobStore
 from tests import pg_server
@@ -25,6 +27,8 @@ pytestmark = pytest.mark.timeout(120)
 __all__ = ["start"]  # the fixture, used by name
 
 VIDEO = JobKind.VIDEO
+C = NOMINAL_COST_S[VIDEO]
+CREDIT = NEWCOMER_CREDIT_JOBS * C
 ROOMY = {VIDEO: 100, JobKind.QA: 100}
 Opener = Callable[..., PostgresJobStore]
 Start = Callable[..., JobSystem]
@@ -49,8 +53,126 @@ def test_tags_are_shared_by_instances_and_claims_interleave(open_pg: Opener) -> 
     assert companies_claimed(a, 2, at=T0) == "xx"
     ids = [b.insert(of("y")).id for _ in range(2)]  # a newcomer, on instance b
     assert b.position(ids[0], T0, 60.0) == 1  # next, everywhere
-    assert a.position(ids[1], T0, 60.0) == 3
-    assert companies_claimed(b, 5, at=T0 + 1) == "yxyxx"
+    assert a.position(ids[1], T0, 60.0) == 2  # its credit: both before x's next
+    assert companies_claimed(b, 5, at=T0 + 1) == "yyxxx"
+
+
+def tags(store: PostgresJobStore) -> dict[str, float]:
+    with store._conn() as conn:
+        return {str(i): float(v) for i, v in conn.execute("SELECT id, vtime FROM qudemo_jobs")}
+
+
+def test_the_claim_follows_the_local_queue_s_order_newcomer_credit_included(
+        open_pg: Opener) -> None:
+    share = FairShare({"w": 3.0})
+    store, local = open_pg("a", share=share), WaitingQueue(60.0, fairness=FairClock(share))
+    order: dict[str, list[str]] = {"pg": [], "local": []}
+    local_tags: dict[str, float | None] = {}
+
+    def arrive(company: str, count: int) -> None:
+        for _ in range(count):
+            job = store.insert(of(company))
+            local_tags[job.id] = local.push(job).vtime
+
+    def take(count: int) -> None:
+        for _ in range(count):  # one slot at a time, as jobs end
+            order["pg"] += [j.data["company_name"] for j in store.claim(
+                {VIDEO: 1}, store.instance_id, ROOMY, T0, 60.0, 30.0)]
+            head = local.pop_next((VIDEO,), T0)
+            order["local"] += [] if head is None else [head.data["company_name"]]
+
+    arrive("x", 8)
+    take(3)
+    arrive("y", 3)  # a newcomer: its credit
+    take(2)
+    arrive("w", 5)  # a newcomer weighing 3: three times the credit in jobs
+    take(6)
+    arrive("y", 2)  # y's work all ran, it comes back at once: after its own finish,
+    take(20)        # not the credit again (the clock has not passed its finish)
+    assert order["pg"] == order["local"]
+    assert "".join(order["pg"]) == "xxx" + "yy" + "wwwww" + "y" + "xyxy" + "xxx"
+    assert tags(store) == local_tags
+
+
+def test_maintain_forgets_only_the_finishes_the_credit_has_passed(open_pg: Opener) -> None:
+    store = open_pg("a")
+    store.insert(of("z"))  # tag -credit, finish one job later
+    for _ in range(6):
+        store.insert(of("x"))
+    assert companies_claimed(store, 5, at=T0) == "zxxxx"  # the clock at x's fourth tag
+    w = [store.insert(of("w")).id for _ in range(2)]
+    assert companies_claimed(store, 2, at=T0) == "ww"
+    store.maintain()
+    with store._conn() as conn:
+        kept = {r[0]: r[1] for r in conn.execute("SELECT company, finish FROM qudemo_fair")}
+    # z's finish is the credit behind the clock (the same as none); w's is behind the
+    # clock but within the credit: it still places w's next job, so it stays.
+    assert kept == {"x": 6 * C - CREDIT, "w": 3 * C - CREDIT}
+    assert tags(store)[w[1]] == 2 * C - CREDIT
+    next_w = store.insert(of("w")).id
+    assert tags(store)[next_w] == 3 * C - CREDIT  # after w's own finish, not the credit again
+
+
+def test_an_operator_retry_is_tagged_afresh_behind_the_work_queued_since(
+        open_pg: Opener) -> None:
+    store = open_pg("a")
+    first = [store.insert(of("a")) for _ in range(3)]
+    (claimed,) = store.claim({VIDEO: 1}, store.instance_id, ROOMY, T0, 60.0, 30.0)
+    assert claimed.id == first[0].id
+    failed = claimed.replace(state=JobState.FAILED, finished_at=T0 + 1, last_error="boom")
+    assert store.finish(failed, store.instance_id)
+    later = [store.insert(of("b")).id for _ in range(3)]  # queued after the failure
+    old_tag = tags(store)[claimed.id]
+    retried = store.requeue(failed.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
+                                           started_at=None, last_error=None))
+    assert retried.seq == claimed.seq and retried.vtime is not None
+    assert retried.vtime > old_tag and tags(store)[claimed.id] == retried.vtime
+    stored = store.get(claimed.id)
+    assert stored is not None and (stored.state, stored.attempts) == (JobState.QUEUED, 0)
+    # Behind every job queued since it failed (and a's own queued work), not first again.
+    assert store.position(claimed.id, T0, 60.0) == 6
+    claimed_ids = [j.id for j in store.claim({VIDEO: 10}, store.instance_id, ROOMY, T0 + 2,
+                                             60.0, 30.0)]
+    assert claimed_ids[-1] == claimed.id
+    assert set(later) < set(claimed_ids[:-1])
+
+
+def test_requeue_writes_only_a_failed_job_and_tags_nothing_otherwise(open_pg: Opener) -> None:
+    store = open_pg("a")
+    queued = store.insert(of("a"))
+    with store._conn() as conn:
+        before = conn.execute("SELECT finish FROM qudemo_fair").fetchall()
+    with pytest.raises(JobStateConflict):  # another instance retried it first
+        store.requeue(queued)
+    with pytest.raises(JobNotFound):
+        store.requeue(of("a"))
+    with pytest.raises(ValueError):
+        store.requeue(queued.replace(state=JobState.FAILED))
+    with store._conn() as conn:  # no company's finish moved for a retry not written
+        assert conn.execute("SELECT finish FROM qudemo_fair").fetchall() == before
+    # The same video queued again meanwhile: the dedupe index refuses, nothing written.
+    done = store.insert(of("a", dedupe_key="a:v1", state=JobState.FAILED, finished_at=T0))
+    again = store.insert(of("a", dedupe_key="a:v1"))
+    with pytest.raises(DuplicateJob) as caught:
+        store.requeue(done.replace(state=JobState.QUEUED, finished_at=None))
+    assert caught.value.existing_job_id == again.id
+    stored = store.get(done.id)
+    assert stored is not None and stored.state == JobState.FAILED
+
+
+def test_company_counts_read_the_company_column(open_pg: Opener) -> None:
+    store = open_pg("a")
+    store.insert(of("Straße GmbH"))  # casefolded: "strasse gmbh"; lower(): "straße gmbh"
+    store.insert(of("Acme", state=JobState.COMPLETED, finished_at=T0))
+    old = store.insert(of("ACME", state=JobState.FAILED, finished_at=T0))
+    with store._conn() as conn:  # finished before schema 7: no company in the column
+        conn.execute("UPDATE qudemo_jobs SET company = '' WHERE id = %s", (old.id,))
+    assert store.company_counts(["strasse gmbh"]) == Counter({(VIDEO, JobState.QUEUED): 1})
+    assert store.company_counts(["acme"]) == Counter({(VIDEO, JobState.COMPLETED): 1,
+                                                      (VIDEO, JobState.FAILED): 1})
+    assert store.company_counts(["acme", "strasse gmbh"], states=[JobState.QUEUED]) == (
+        Counter({(VIDEO, JobState.QUEUED): 1}))
+    assert store.company_counts([]) == Counter()
 
 
 def test_weights_and_ceilings_in_the_claim(open_pg: Opener) -> None:

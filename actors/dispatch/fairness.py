@@ -60,9 +60,11 @@ NO_COMPANY = ""
 
 @dataclass(frozen=True, slots=True)
 class FairShare:
-    """The weights of companies (default 1) and the cost a job is tagged with."""
+    """The weights of companies (default 1), the cost a job is tagged with and the credit."""
 
     weights: Mapping[str, float] = field(default_factory=dict)
+    credit_jobs: float = NEWCOMER_CREDIT_JOBS
+    """The newcomer credit in nominal jobs (0: plain SFQ; the benchmark compares)."""
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, float]]) -> FairShare:
@@ -77,10 +79,9 @@ class FairShare:
         """The virtual time one job of ``kind`` advances ``company``'s finish by."""
         return NOMINAL_COST_S[kind] / self.weight(company)
 
-    @staticmethod
-    def credit(kind: JobKind) -> float:
+    def credit(self, kind: JobKind) -> float:
         """How far behind the clock of ``kind`` a new tag may start (virtual time)."""
-        return NEWCOMER_CREDIT_JOBS * NOMINAL_COST_S[kind]
+        return self.credit_jobs * NOMINAL_COST_S[kind]
 
 
 @dataclass(slots=True)

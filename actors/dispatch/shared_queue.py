@@ -154,6 +154,17 @@ class ClaimingQueue:
         if self._keeper is not None:
             self._keeper.stop()
 
+    def _submit(self, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work`` on the writes thread, in order; an unexpected error is logged, not lost."""
+        def run() -> None:
+            try:
+                work(*args)
+            except Exception:
+                logger.exception("job store: %s failed unexpectedly",
+                                 getattr(work, "__name__", "a write"))
+
+        self._writes.submit(run)
+
     def _tell(self, message: Any) -> None:
         if self._port is not None:
             self._port.tell(message)
@@ -198,7 +209,7 @@ class ClaimingQueue:
             self._write_pause(kind, reason, paused=False)
         self._woke()
         if not self.fenced:
-            self._writes.submit(self._reap)
+            self._submit(self._reap)
         self.timers.call_later(self.beat_s, lambda: self._tell(SharedTick()))
 
     # --- the writes thread ---------------------------------------------------------
@@ -233,6 +244,10 @@ class ClaimingQueue:
         except STORE_ERRORS as exc:
             self._failed("claim", exc)
             routed = []  # every kind counts as short: the next wake-up or beat tries again
+        except Exception:  # a bug must not leave the claim "in flight" for good, unseen
+            logger.exception("job store: the claim failed unexpectedly; next try in %.1fs",
+                             self.beat_s)
+            routed = []
         jobs = [job for job, _ in routed]
         now = self.clock.time()
         with self._lock:
@@ -271,7 +286,7 @@ class ClaimingQueue:
         Retried only to store its result, it is ``processing`` without a lease: the
         reap (here, now, or elsewhere) takes it over; ``Reaped`` tells the Dispatcher.
         """
-        self._writes.submit(self._reap)
+        self._submit(self._reap)
         return False
 
     def retry_due(self, job: Job) -> None:
@@ -311,7 +326,7 @@ class ClaimingQueue:
 
     def give_back(self, job: Job) -> None:
         """A claimed job the Dispatcher cannot start after all (no room any more, draining)."""
-        self._writes.submit(self._give_back, job)
+        self._submit(self._give_back, job)
 
     def started(self, job: Job) -> None:
         """A job runs here: its lease is renewed until its outcome is written."""
@@ -389,7 +404,7 @@ class ClaimingQueue:
                                "paused" if paused else "pause lifted", reason)
             self._tell(PauseWritten(kind=kind, reason=reason, paused=paused, written=True))
 
-        self._writes.submit(write)
+        self._submit(write)
 
     def _pause_written(self, kind: JobKind, reason: str, *, paused: bool,
                        written: bool) -> None:
@@ -437,7 +452,7 @@ class ClaimingQueue:
             except STORE_ERRORS as exc:  # the order is a little less exact; nothing else
                 self._failed("fair-share charge", exc)
 
-        self._writes.submit(write)
+        self._submit(write)
 
     def company_waiting(self) -> Counter[tuple[JobKind, str]]:
         """Nothing waits here: the queue is the database's."""

@@ -24,7 +24,13 @@ from typing import Any
 
 import pykka
 
-from actors.model.errors import DuplicateJob, QueueError, StoreUnavailable
+from actors.model.errors import (
+    DuplicateJob,
+    JobNotFound,
+    JobStateConflict,
+    QueueError,
+    StoreUnavailable,
+)
 from actors.model.jobs import FINISHED_STATES, WAITING_STATES, Job, JobKind, JobState, is_legal
 from actors.model.messages import PurgeExpired, Transition
 from actors.runtime.logs import job_fields
@@ -102,6 +108,8 @@ class SharedJobRegistry(JobRegistry):
             return super()._requeue(job_id)
         except DuplicateJob as exc:  # the unique index: another instance runs that key
             return exc
+        except (JobNotFound, JobStateConflict) as exc:  # another instance got there first
+            return exc
         except StoreUnavailable as exc:
             return exc
 
@@ -162,6 +170,10 @@ class SharedJobRegistry(JobRegistry):
                 return
             if new.state != JobState.PROCESSING:  # written: the lease was cleared with it
                 self.store.leases.release(new.id)
+        elif old.state == JobState.FAILED and new.state == JobState.QUEUED:
+            # An operator's retry is a new request: a fresh tag in the fair order, behind
+            # the work queued since it failed (and only while the job is still failed).
+            self.store.requeue(new)
         else:
             self.store.update(new)
         self._wrote()

@@ -79,11 +79,12 @@ own view at claim time (the highest one passed bounds the instance); a lower
 capacity stops new claims there until enough finish, nothing sent is taken back.
 
 Tags are given at insert, in the insert's statement (store.py ``_INSERT_SQL``):
-``start = max(clock, the company's finish)``, ``finish = start + cost / weight``
-upserted into ``qudemo_fair``; the row lock of ``ON CONFLICT DO UPDATE`` makes
-concurrent inserts of one company, on any instances, take their tags in turn. A
-clock read while a claim moves it is at most one job behind: a newcomer then
-ties with the head instead of following it.
+``start = max(clock - credit, the company's finish)`` (the bounded newcomer
+credit of fairness.py), ``finish = start + cost / weight`` upserted into
+``qudemo_fair``; the row lock of ``ON CONFLICT DO UPDATE`` makes concurrent
+inserts of one company, on any instances, take their tags in turn. A clock
+read while a claim moves it is at most one job behind. An operator's retry is
+tagged afresh the same way (store.py ``requeue``).
 """
 
 from __future__ import annotations

@@ -30,12 +30,18 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from actors.dispatch.fairness import NO_COMPANY, FairShare
-from actors.model.errors import DuplicateJob, IdempotencyKeyTaken, StoreUnavailable
+from actors.model.errors import (
+    DuplicateJob,
+    IdempotencyKeyTaken,
+    JobNotFound,
+    JobStateConflict,
+    StoreUnavailable,
+)
 from actors.model.events import EventList
 from actors.model.jobs import Job, JobKind, JobState, KeyedJob
 from actors.runtime.timers import TimerService
 from actors.stores.base import JobList, StateCounts
-from actors.stores.postgres.claims import CHANNEL, charge, companies, notify
+from actors.stores.postgres.claims import CHANNEL, charge, companies, notify, write
 from actors.stores.postgres.events import EventHorizon, read_events
 from actors.stores.postgres.fence import LeaseKeeper, LeaseSet
 from actors.stores.postgres.queue import SharedQueue
@@ -59,15 +65,21 @@ FAIL_FAST_S = 1.0
 CLIENT_DEADLINE_GRACE_S = 2.0
 """How long past ``statement_timeout`` a call may block before its connection is cut."""
 
-_TAGGED_INSERT_SQL = (
-    # The job's tag in the fair order (pg_claims.py): its company's finish, or the clock.
-    "WITH clock AS (SELECT coalesce((SELECT v FROM qudemo_fair_clock WHERE kind = %(kind)s"
-    " AND priority = %(priority)s), 0) AS v),"
+_FAIR_TAG_SQL = (
+    # The job's tag in the fair order (fairness.py ``FairClock.tag``, the same rule):
+    # max(clock - credit, the company's finish); the company's finish moves past it.
+    "WITH clock AS (SELECT GREATEST(0, coalesce((SELECT v FROM qudemo_fair_clock"
+    " WHERE kind = %(kind)s AND priority = %(priority)s), 0)) - %(credit)s AS v),"
     " tag AS (INSERT INTO qudemo_fair AS f (kind, priority, company, start, finish)"
     " SELECT %(kind)s, %(priority)s, %(company)s, v, v + %(cost)s FROM clock"
     " ON CONFLICT (kind, priority, company) DO UPDATE"
     " SET start = GREATEST(f.finish, EXCLUDED.start),"
-    " finish = GREATEST(f.finish, EXCLUDED.start) + %(cost)s RETURNING start),"
+    " finish = GREATEST(f.finish, EXCLUDED.start) + %(cost)s RETURNING start)"
+)
+"""The tag CTEs, ``tag(start)``. ``GREATEST(0, ...)``: the local clock starts at 0 and
+never goes below (the claim stores the first tag it takes, which may be below 0)."""
+_TAGGED_INSERT_SQL = (
+    _FAIR_TAG_SQL + ","
     " added AS (INSERT INTO qudemo_jobs (id, kind, state, owner, priority, created_at,"
     " started_at, finished_at, next_attempt_at, attempts, max_attempts, last_error, dedupe_key,"
     " has_result, record, company, vtime) VALUES (%(id)s, %(kind)s, %(state)s, %(owner)s,"
@@ -78,6 +90,20 @@ _TAGGED_INSERT_SQL = (
 _INSERT_SQL = _TAGGED_INSERT_SQL + " SELECT seq FROM added"
 _INSERT_NOTIFY_SQL = _TAGGED_INSERT_SQL + " SELECT seq, pg_notify(%(channel)s, kind) FROM added"
 """The wake-up in the same statement: one round trip."""
+_RETAG_SQL = (
+    _FAIR_TAG_SQL + ","
+    " moved AS (UPDATE qudemo_jobs SET company = %(company)s, vtime = (SELECT start FROM tag)"
+    " WHERE id = %(id)s RETURNING seq, kind, vtime)"
+    " SELECT seq, vtime, pg_notify(%(channel)s, kind) FROM moved"
+)
+"""A fresh tag for a job queued again by an operator (``requeue``), as an insert gives one."""
+_PRUNE_FAIR_SQL = (
+    # A finish the credit behind the clock is the same as none (fairness.py).
+    "DELETE FROM qudemo_fair f USING qudemo_fair_clock c,"
+    " unnest(%(kinds)s::text[], %(credits)s::float8[]) AS k(kind, credit)"
+    " WHERE c.kind = f.kind AND c.priority = f.priority AND k.kind = f.kind"
+    " AND f.finish <= GREATEST(0, c.v) - k.credit"
+)
 
 
 class IdleCheck:
@@ -310,9 +336,54 @@ class PostgresJobStore(SharedQueue):
         return len(batch)
 
     def _params(self, job: Job) -> dict[str, Any]:
-        """A new job's row parameters, with its company and the cost it is tagged with."""
+        """A new job's row parameters, with its company and the cost and credit of its tag."""
         return {**job_params(job), "company": job.company or NO_COMPANY,
-                "cost": self.share.cost(job.kind, job.company)}
+                "cost": self.share.cost(job.kind, job.company),
+                "credit": self.share.credit(job.kind)}
+
+    def requeue(self, job: Job) -> Job:
+        """Queue a failed job again (an operator's retry) with a fresh tag; return it as stored.
+
+        ``job`` is the new version, ``queued`` (the registry's: attempts reset, no
+        finish). One transaction: the row is locked and must still be ``failed``; it is
+        written as ``update`` writes it (the lease cleared), then given a new tag in the
+        fair order exactly as an insert of the job would be (its company's finish
+        upserted in ``qudemo_fair``), and listeners are woken on commit. So the retried
+        job goes behind the work queued since it failed, not back to its old place (a
+        tag is kept across the automatic retries of an attempt; this is a new request).
+        Its ``seq`` (arrival, and the tie-break among equal tags) is kept.
+
+        Returns:
+            ``job`` with the stored ``seq`` and its new tag in ``vtime``.
+
+        Raises:
+            ValueError: ``job`` is not ``queued``.
+            JobNotFound: no such job (pruned meanwhile); nothing is written.
+            JobStateConflict: the job is not ``failed`` (another instance retried it
+                first, or it changed meanwhile); nothing is written.
+            DuplicateJob: another active job has its ``dedupe_key``; nothing is written.
+            StoreUnavailable: as every call.
+        """
+        if job.state != JobState.QUEUED:
+            raise ValueError(f"requeue writes a queued job, not a {job.state.value} one")
+        try:
+            with self._tx() as conn:
+                found = conn.execute("SELECT state FROM qudemo_jobs WHERE id = %s FOR UPDATE",
+                                     (job.id,)).fetchone()
+                if found is None:
+                    raise JobNotFound(f"job {job.id} is not in the store")
+                if found[0] != JobState.FAILED.value:
+                    raise JobStateConflict(f"only failed jobs can be retried; this one is "
+                                           f"{found[0]}")
+                write(conn, job)
+                row = conn.execute(_RETAG_SQL, {**self._params(job),
+                                                "channel": CHANNEL}).fetchone()
+        except errors.UniqueViolation as exc:
+            if job.dedupe_key is None or exc.diag.constraint_name != "qudemo_jobs_dedupe":
+                raise
+            raise DuplicateJob(self._active_id(job.dedupe_key)) from None
+        assert row is not None
+        return job.replace(seq=int(row[0]), vtime=float(row[1]))
 
     def charge(self, job: Job, extra_s: float) -> None:
         """Correct the fair order by an attempt's measured minus nominal cost (seconds)."""
@@ -378,9 +449,11 @@ class PostgresJobStore(SharedQueue):
         names = sorted(companies)
         if not names:
             return Counter()
-        sql = ("SELECT kind, state, count(*) FROM qudemo_jobs"
-               " WHERE lower(record->'data'->>'company_name') = ANY(%s)")
-        args: list[Any] = [names]
+        # The company column (schema 7: ``Job.company``, casefolded as the names given);
+        # a job finished before schema 7 has '' there and its name only in the record.
+        sql = ("SELECT kind, state, count(*) FROM qudemo_jobs WHERE (company = ANY(%s)"
+               " OR (company = '' AND lower(record->'data'->>'company_name') = ANY(%s)))")
+        args: list[Any] = [names, names]
         if states is not None:
             sql += " AND state = ANY(%s)"
             args.append(sorted(state.value for state in states))
@@ -430,10 +503,9 @@ class PostgresJobStore(SharedQueue):
         with self._conn() as conn:
             conn.execute("DELETE FROM qudemo_instances WHERE expires_at < %s",
                          (self._clock() - 3600.0,))
-            # A finish the clock has passed is the same as none (fairness.py).
-            conn.execute("DELETE FROM qudemo_fair f USING qudemo_fair_clock c"
-                         " WHERE c.kind = f.kind AND c.priority = f.priority"
-                         " AND f.finish <= c.v")
+            conn.execute(_PRUNE_FAIR_SQL, {"kinds": [kind.value for kind in JobKind],
+                                           "credits": [self.share.credit(kind)
+                                                       for kind in JobKind]})
 
     # --- the event log (any thread; pooled connections, never the registry's) -----------
 
