@@ -172,8 +172,7 @@ class JobSystem:
             if self.settings.supabase_enabled:  # before any actor: nothing to undo if it fails
                 self.sink = ResultSink(self.settings)
             self.timers.start()
-            registry_cls = _registry_class(self.store)
-            self._registry = registry_cls.start(
+            self._registry = JobRegistry.start(
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,
                 metrics=self.metrics, threads=self._threads,
             )
@@ -584,15 +583,3 @@ def _submission(job: Job, where: tuple[int, float] | None) -> Submission:
         return Submission(job, 0, 0.0)
     position, wait_s = where
     return Submission(job, position, wait_s)
-
-
-def _registry_class(store: JobStore) -> type[JobRegistry]:
-    """Return the registry for ``store``: a shared store's outcomes are fenced by leases.
-
-    Its module imports psycopg, so it is imported only then.
-    """
-    if not store.shared:
-        return JobRegistry
-    from actors.stores.shared_registry import SharedJobRegistry
-
-    return SharedJobRegistry

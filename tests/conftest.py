@@ -54,6 +54,6 @@ def _no_actor_left_behind() -> Iterator[None]:
     assert not leftovers, f"actors left running: {leftovers}"
     prefixes = ("Dispatcher", "JobRegistry", "MemoryWatchdog", "VideoWorker", "QAWorker", "Timers",
                 "PgLeaseKeeper", "PgStatementWatch",
-                "SharedJobRegistry", "PgListener", "PgQueueWrites", "PgQueueReads")
+                "PgListener", "PgQueueWrites", "PgQueueReads")
     alive = [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
     assert not alive, f"actor threads left running: {alive}"

@@ -6,8 +6,15 @@ state without scanning, and removes finished jobs past their retention.
 Refusals are returned as exception *values* (the facade raises them), so a
 routine "queue full" is not logged as a traceback by pykka.
 
+One registry for every store: what differs between a store this process alone
+writes and one several instances share (who counts, who refuses duplicates,
+how an outcome is written, whether anything is recovered at start) is its
+records collaborator (records.py: ``LocalRecords``; shared_records.py:
+``SharedRecords``), chosen by ``records_for``.
+
 A store that fails (a full disk, an I/O error) never stops this actor, and
-never loses an accepted job (I5):
+never loses an accepted job (I5; the local records; the shared ones hand the
+job back through its lease):
 
 * a new job whose write fails is refused (``StoreUnavailable``, 503 with
   Retry-After): nothing was stored, nothing is promised;
@@ -20,9 +27,7 @@ never loses an accepted job (I5):
 
 from __future__ import annotations
 
-import itertools
 import logging
-import sqlite3
 import threading
 from collections import Counter
 from typing import Any, ClassVar
@@ -41,15 +46,7 @@ from actors.model.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from actors.model.jobs import (
-    FINISHED_STATES,
-    WAITING_STATES,
-    Job,
-    JobKind,
-    JobState,
-    Replayed,
-    is_legal,
-)
+from actors.model.jobs import FINISHED_STATES, Job, JobKind, JobState, Replayed, is_legal
 from actors.model.messages import (
     AddJob,
     AttachDispatcher,
@@ -72,13 +69,9 @@ from actors.runtime.metrics import JobMetrics
 from actors.runtime.timers import Clock, TimerService
 from actors.runtime.tracked import TrackedActor
 from actors.stores.base import JobStore
+from actors.stores.records import STORE_FAILURES, JobRecords, records_for
 
 logger = logging.getLogger(__name__)
-
-STORE_FAILURES: tuple[type[BaseException], ...] = (sqlite3.Error, StoreUnavailable, OSError)
-"""What a store call raises when the disk or database fails; never fatal to the actor."""
-FLUSH_FIRST_S, FLUSH_MAX_S = 0.5, 30.0
-"""Backoff of the parked writes' retries: from the first to the cap, doubling."""
 
 
 class JobRegistry(TrackedActor):
@@ -101,32 +94,22 @@ class JobRegistry(TrackedActor):
         self.timers = timers
         self.clock = clock
         self.dispatcher: pykka.ActorRef[Any] | None = None
-        self.counts: Counter[tuple[JobKind, JobState]] = Counter()
-        self.active_keys: dict[str, str] = {}  # dedupe key -> id of the active job
-        # (kind, company) -> its waiting jobs, for the per-company bound: kept here so that
-        # a submission never counts rows.
-        self.company_waiting: Counter[tuple[JobKind, str]] = Counter()
+        self.records: JobRecords = records_for(store, clock=clock, flush_later=self._flush_later)
         self.refused: set[JobKind] = set()
         self.illegal_transitions = 0
-        self._seq = itertools.count(1)
-        self.parked: dict[str, Job] = {}  # job id -> newest version the store has not taken
-        self.store_error: str | None = None  # the last write failure, until one succeeds
-        self.store_failures = 0
-        self._flush_delay_s = FLUSH_FIRST_S
-        self._flush_pending = False
 
     def __repr__(self) -> str:
         return f"<JobRegistry jobs={sum(self.counts.values())} store={self.store!r}>"
 
+    @property
+    def counts(self) -> Counter[tuple[JobKind, JobState]]:
+        """Jobs per kind and state, as the records keep them."""
+        return self.records.counts
+
     def on_start(self) -> None:
-        """Rebuild counts and indexes from the store; start the retention timer."""
+        """Read the records' counts and indexes from the store; start the retention timer."""
         super().on_start()
-        self.counts = Counter(self.store.counts())
-        self._seq = itertools.count(self.store.max_seq() + 1)
-        for job in self.store.active():
-            if job.dedupe_key:
-                self.active_keys[job.dedupe_key] = job.id
-            self._count_waiting(job, +1)
+        self.records.open()
         self._schedule_purge()
 
     def on_stop(self) -> None:
@@ -136,12 +119,17 @@ class JobRegistry(TrackedActor):
     def on_receive(self, message: Any) -> Any:
         """Route one message; a failing store fails the question, never the actor."""
         try:
+            if isinstance(message, PurgeExpired) and not self._purge_chained:
+                # Where other instances finish (and prune) jobs too, each timer pass starts
+                # from counts read now; the passes that continue a trim go on from the
+                # counts the trim has kept current.
+                self.records.refresh(force=True)
             return self._route(message)
         except STORE_FAILURES as exc:
-            self._failed(f"{type(message).__name__}", exc)
+            answer = self.records.failed(message, exc)
             if isinstance(message, AddJob) and message.reply is not None:
-                message.reply.set(self._unavailable())
-            return self._unavailable()
+                message.reply.set(answer)
+            return answer
 
     def _route(self, message: Any) -> Any:
         match message:
@@ -158,14 +146,14 @@ class JobRegistry(TrackedActor):
             case Transition():
                 self._transition(message)
             case GetJob(job_id=job_id):
-                return self._current(job_id)
+                return self.records.current(job_id)
             case ListJobs(kind=kind, state=state, owner=owner, limit=limit):
                 listed = self.store.list(kind=kind, state=state, owner=owner, limit=limit)
-                return [self.parked.get(job.id, job) for job in listed]
+                return [self.records.newest(job) for job in listed]
             case CountCompanies(companies=companies):
                 return self.store.company_counts(companies)
             case RecordResult(job_id=job_id, result=result):
-                self._record_result(job_id, result)
+                self.records.record_result(job_id, result)
             case RequeueFailed(job_id=job_id):
                 return self._requeue(job_id)
             case SetAdmission(kind=kind, refused=refused):
@@ -175,11 +163,11 @@ class JobRegistry(TrackedActor):
             case PurgeExpired():
                 self._retention_pass()
             case FlushWrites():
-                self._flush_pending = False
-                self._flush()
+                self.records.flush()
             case AttachDispatcher(dispatcher=dispatcher):
                 self.dispatcher = dispatcher
-                self._recover()
+                if self.records.recovers:
+                    self._recover()
             case Inspect():
                 return self._inspect()
             case _:
@@ -208,7 +196,7 @@ class JobRegistry(TrackedActor):
                 found = taken.found
         if found.fingerprint != claim.fingerprint:
             return IdempotencyKeyReused()
-        replayed = Replayed(self.parked.get(found.job.id, found.job))
+        replayed = Replayed(self.records.newest(found.job))
         if reply is not None:
             reply.set(replayed)
         logger.info("job %s: submission replayed (same Idempotency-Key and request)",
@@ -225,7 +213,8 @@ class JobRegistry(TrackedActor):
     # --- admission -----------------------------------------------------------------
 
     def finished_total(self) -> int:
-        """How many finished jobs are retained."""
+        """How many finished jobs are retained (on all instances, to within the counts' age)."""
+        self.records.refresh()
         return sum(self.counts[kind, state] for kind in JobKind for state in FINISHED_STATES)
 
     def waiting(self, kind: JobKind) -> int:
@@ -233,21 +222,17 @@ class JobRegistry(TrackedActor):
         return self.counts[kind, JobState.QUEUED] + self.counts[kind, JobState.RETRYING]
 
     def _add(self, job: Job, reply: pykka.Future[Any] | None = None) -> Job | QueueError:
-        if self.parked and not self._flush():
-            return self._unavailable()  # accepted jobs' changes first
-        if job.dedupe_key and job.dedupe_key in self.active_keys:
-            return DuplicateJob(self.active_keys[job.dedupe_key])
-        refused = self._admission(job.kind, job.company)
+        self.records.refresh()
+        refused = (self.records.refusal() or self.records.duplicate_of(job)
+                   or self._admission(job.kind, job.company))
         if refused is not None:
             return refused
-        job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
-        self.store.add(job)  # durability point: once this returns the job is accepted
-        self._wrote()
-        self.counts[job.kind, job.state] += 1
-        self._count_waiting(job, +1)
+        try:
+            # Durability point: once this returns the job is accepted.
+            job = self.records.insert(job)
+        except DuplicateJob as exc:  # a shared store's unique index: another instance has it
+            return exc
         self.metrics.job_submitted(job.kind)
-        if job.dedupe_key:
-            self.active_keys[job.dedupe_key] = job.id
         self._enqueue(job, reply=reply)
         logger.info("job %s (%s) accepted, priority %d", job.id, job.kind.value, job.priority,
                     extra=job_fields(job.id, job.kind, "accepted", 0))
@@ -270,14 +255,7 @@ class JobRegistry(TrackedActor):
 
     def company_waits(self, kind: JobKind, company: str) -> int:
         """How many of ``company``'s jobs of ``kind`` wait (queued or retrying)."""
-        return self.company_waiting[kind, company]
-
-    def _count_waiting(self, job: Job, sign: int) -> None:
-        if job.company is not None and job.state in WAITING_STATES:
-            key = (job.kind, job.company)
-            self.company_waiting[key] += sign
-            if self.company_waiting[key] <= 0:
-                del self.company_waiting[key]
+        return self.records.company_waits(kind, company)
 
     def _enqueue(self, *jobs: Job, reply: pykka.Future[Any] | None = None) -> None:
         # Told before the submitter gets its reply, so a following position question
@@ -294,7 +272,9 @@ class JobRegistry(TrackedActor):
     # --- transitions ---------------------------------------------------------------
 
     def _transition(self, message: Transition) -> None:
-        job = self._current(message.job_id)
+        job = self.records.outcome_job(message)
+        if job is not None and self.records.stale(job, message.target):
+            return
         if job is None:
             logger.error("transition of unknown job %s to %s refused", message.job_id,
                          message.target.value)
@@ -308,92 +288,24 @@ class JobRegistry(TrackedActor):
         self._apply(job, transitioned(job, message))
 
     def _apply(self, old: Job, new: Job) -> None:
-        self._write(new)
-        self.counts[old.kind, old.state] -= 1
-        self.counts[new.kind, new.state] += 1
-        self._count_waiting(old, -1)
-        self._count_waiting(new, +1)
-        if new.state in FINISHED_STATES:
+        if self.records.write(old, new) and new.state in FINISHED_STATES:
             self.metrics.job_finished(new.kind, new.state)
-            if new.dedupe_key and self.active_keys.get(new.dedupe_key) == new.id:
-                del self.active_keys[new.dedupe_key]
 
-    def _record_result(self, job_id: str, result: Any) -> None:
-        job = self._current(job_id)
-        if job is not None and job.state == JobState.PROCESSING:
-            self._write(job.replace(result=result))
-
-    # --- writes that may fail ------------------------------------------------------
-
-    def _current(self, job_id: str) -> Job | None:
-        """The newest version of a job: parked (not yet written) or stored."""
-        parked = self.parked.get(job_id)
-        return parked if parked is not None else self.store.get(job_id)
-
-    def _write(self, job: Job) -> None:
-        """Write a changed job; when the store fails, park it and retry on a timer."""
-        if job.id in self.parked:  # an older version waits: keep one, the newest
-            self.parked[job.id] = job
-            return
-        try:
-            self.store.update(job)
-        except STORE_FAILURES as exc:
-            self.parked[job.id] = job
-            self._failed(f"writing job {job.id}", exc)
-            self._schedule_flush()
-            return
-        self._wrote()
-
-    def _flush(self) -> bool:
-        """Write the parked versions again, oldest first; return whether all were taken."""
-        while self.parked:
-            job_id, job = next(iter(self.parked.items()))
-            try:
-                self.store.update(job)
-            except STORE_FAILURES as exc:
-                self._failed(f"writing {len(self.parked)} parked job change(s)", exc)
-                self._schedule_flush()
-                return False
-            if self.parked.get(job_id) is job:
-                del self.parked[job_id]
-        self._wrote()
-        return True
-
-    def _wrote(self) -> None:
-        """A write succeeded: once nothing is parked, the store is healthy again."""
-        if self.store_error is not None and not self.parked:
-            logger.warning("job store writable again; every parked change is written")
-            self.store_error = None
-            self._flush_delay_s = FLUSH_FIRST_S
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.timers.tell_later(self._flush_delay_s, self.actor_ref, FlushWrites())
-            self._flush_delay_s = min(FLUSH_MAX_S, self._flush_delay_s * 2)
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        self.store_failures += 1
-        if reason != self.store_error:
-            logger.error("job store failed %s: %s (%d change(s) parked; new jobs refused until"
-                         " it takes writes again)", what, reason, len(self.parked))
-        self.store_error = reason
-
-    def _unavailable(self) -> StoreUnavailable:
-        exc = StoreUnavailable(f"the job store cannot take writes right now"
-                               f" ({self.store_error or 'failing'}); try again later")
-        return exc
+    def _flush_later(self, delay_s: float) -> None:
+        """Ask for the parked writes to be tried again in ``delay_s`` (the records' timer)."""
+        self.timers.tell_later(delay_s, self.actor_ref, FlushWrites())
 
     def _requeue(self, job_id: str) -> Job | QueueError:
-        job = self._current(job_id)
+        self.records.refresh()
+        job = self.records.current(job_id)
         if job is None:
             return JobNotFound()
         if job.state != JobState.FAILED:
             return JobStateConflict(f"only failed jobs can be retried; this one is "
                                     f"{job.state.value}")
-        if job.dedupe_key and job.dedupe_key in self.active_keys:
-            return DuplicateJob(self.active_keys[job.dedupe_key])
+        duplicate = self.records.duplicate_of(job)
+        if duplicate is not None:
+            return duplicate
         if job.result is not None:
             # Processed, but its result could not be stored: only storing is retried. It
             # goes to the Dispatcher as a recovered one does (processing, with its result),
@@ -409,9 +321,10 @@ class JobRegistry(TrackedActor):
             new = job.replace(state=JobState.QUEUED, attempts=0, finished_at=None,
                               started_at=None, next_attempt_at=None, retry_delays_s=())
             how = "queued again"
-        self._apply(job, new)
-        if new.dedupe_key:
-            self.active_keys[new.dedupe_key] = new.id
+        try:
+            self._apply(job, new)
+        except (DuplicateJob, JobNotFound, JobStateConflict) as exc:
+            return exc  # a shared store: another instance runs that key, or got there first
         self._enqueue(new)
         logger.info("job %s retried by request: %s", job_id, how,
                     extra=job_fields(job_id, new.kind, "requeued", new.attempts))
@@ -488,7 +401,7 @@ class JobRegistry(TrackedActor):
         Returns whether more remain; a trim past ``keep`` that does carries on in the next
         retention pass (memory pressure's too). Counts come from the registry's counters.
         """
-        if self.parked:
+        if self.records.pending:
             return False  # the store holds older versions of some jobs: prune once written
         if finished_before is not None:
             removed = self.store.prune_finished(finished_before=finished_before,
@@ -507,11 +420,11 @@ class JobRegistry(TrackedActor):
                 target = max(0, keep or 0)
                 self._trim_to = target if self._trim_to is None else min(self._trim_to, target)
         if removed and self._in_pass:
-            self.counts.subtract(removed)
+            self.records.removed(removed)
             self._chain_removed += removed.total()
             self._chain_reasons |= {reason}
         elif removed:
-            self.counts.subtract(removed)
+            self.records.removed(removed)
             logger.info("removed %d finished job(s) (%s)%s", removed.total(), reason,
                         "; more in the next retention passes" if more else "")
         return more
@@ -576,6 +489,7 @@ class JobRegistry(TrackedActor):
         return min(max(self.settings.retention_s / 10, 1.0), 60.0)
 
     def _inspect(self) -> dict[str, Any]:
+        self.records.refresh()
         return {
             "counts": {
                 kind.value: {state.value: self.counts[kind, state] for state in JobState}
@@ -585,10 +499,7 @@ class JobRegistry(TrackedActor):
             "store": self.store.describe(),
             "admission_refused": sorted(kind.value for kind in self.refused),
             "illegal_transitions": self.illegal_transitions,
-            "store_writable": not self.parked and self.store_error is None,
-            "store_error": self.store_error,
-            "parked_writes": len(self.parked),
-            "store_failures": self.store_failures,
+            **self.records.describe(),
         }
 
 
