@@ -31,6 +31,7 @@ from actors.dispatch.backend import QueueBackend
 from actors.dispatch.dispatcher import Dispatcher
 from actors.dispatch.fairness import FairShare
 from actors.dispatch.local_queue import LocalQueue
+from actors.dispatch.outbox import RegistryOutbox
 from actors.dispatch.scheduling import MAX_PRIORITY, MIN_PRIORITY
 from actors.model.errors import (
     JobNotFound,
@@ -176,6 +177,8 @@ class JobSystem:
                 self.settings, store=self.store, timers=self.timers, clock=self.clock,
                 metrics=self.metrics, threads=self._threads,
             )
+            # The Dispatcher's moves (its own and its local queue's) go out once per step.
+            outbox = RegistryOutbox(self._registry)
             if self.sink is not None:
                 self._writer = ResultWriter.start(
                     self.settings, sink=self.sink, registry=self._registry, timers=self.timers,
@@ -183,7 +186,7 @@ class JobSystem:
                     threads=self._threads,
                 )
             self._dispatcher = Dispatcher.start(
-                self.settings, queue=self._queue_backend(), registry=self._registry,
+                self.settings, queue=self._queue_backend(outbox), registry=outbox,
                 clients=self.clients, timers=self.timers, clock=self.clock, rng=self._rng,
                 metrics=self.metrics, threads=self._threads, writer=self._writer,
                 resolver=self.sink,
@@ -545,7 +548,7 @@ class JobSystem:
             raise ShuttingDown("the job system is not started")
         return self._dispatcher, self._registry, self._watchdog
 
-    def _queue_backend(self) -> QueueBackend:
+    def _queue_backend(self, outbox: RegistryOutbox) -> QueueBackend:
         """Where waiting jobs wait: this process's memory, or the shared PostgreSQL queue.
 
         The shared one's module imports psycopg, so it is imported only then.
@@ -554,7 +557,7 @@ class JobSystem:
         if not self.store.shared:
             return LocalQueue(aging_s=self.settings.aging_s,
                               share=FairShare.of(self.settings.company_weights),
-                              clock=self.clock, registry=self._registry, metrics=self.metrics)
+                              clock=self.clock, registry=outbox, metrics=self.metrics)
         from actors.dispatch.shared_queue import ClaimingQueue
         from actors.stores.postgres.store import PostgresJobStore
 

@@ -31,6 +31,7 @@ from actors.dispatch.fairness import (
     describe_companies,
 )
 from actors.dispatch.limiter import limiter_config, overload_signal
+from actors.dispatch.outbox import RegistryOutbox
 from actors.dispatch.scheduling import DurationEstimate, backoff_delay_s, estimate_wait_s
 from actors.model.jobs import Job, JobKind, JobState
 from actors.model.messages import (
@@ -113,7 +114,7 @@ class Dispatcher(TrackedActor):
         settings: Settings,
         *,
         queue: QueueBackend,
-        registry: pykka.ActorRef[Any],
+        registry: RegistryOutbox,
         clients: Mapping[str, PythonApiClient],
         timers: TimerService,
         clock: Clock,
@@ -129,7 +130,7 @@ class Dispatcher(TrackedActor):
         self.metrics = metrics or JobMetrics()
         self.queue = queue
         self.settings = settings
-        self.registry = registry
+        self.registry = registry  # the registry's moves go out once per step (outbox.py)
         self.clients = clients
         self.instances = InstanceSet(
             tuple(clients), {kind: settings.limits(kind).max_concurrent for kind in JobKind},
@@ -189,7 +190,13 @@ class Dispatcher(TrackedActor):
             entry.timer.cancel()
 
     def on_receive(self, message: Any) -> Any:
-        """Route one message."""
+        """Route one message; then send the registry the moves it made, together."""
+        try:
+            return self._route(message)
+        finally:
+            self.registry.flush()
+
+    def _route(self, message: Any) -> Any:
         match message:
             case Enqueue(jobs=jobs, reply=reply):
                 for job in jobs:
@@ -504,6 +511,7 @@ class Dispatcher(TrackedActor):
         """
         self.queue.started(job)  # its result is being stored here: keep the job ours
         if self.writer is not None:
+            self.registry.flush()  # the writer tells the registry too: our moves first
             self.writer.tell(StoreResult(job=job, result=result, at=self.clock.time()))
         else:  # Supabase switched off since: the job store is where results live now
             self.registry.tell(Transition(job_id=job.id, target=JobState.COMPLETED,
@@ -522,6 +530,7 @@ class Dispatcher(TrackedActor):
         # send the video to the Python API again.
         self.registry.tell(RecordResult(job_id=job.id, result=message.result))
         try:
+            self.registry.flush()  # the writer tells the registry too: our moves first
             self.writer.tell(StoreResult(job=job, result=message.result, at=self.clock.time()))
         except pykka.ActorDeadError:
             # Only at shutdown: the job stays processing and runs again after a restart.

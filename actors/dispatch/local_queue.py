@@ -14,10 +14,9 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-import pykka
-
 from actors.dispatch.backend import Capacity, DispatcherPort, Room
 from actors.dispatch.fairness import Capped, FairClock, FairShare
+from actors.dispatch.outbox import RegistryOutbox
 from actors.dispatch.scheduling import WaitingQueue
 from actors.model.jobs import Job, JobKind, JobState
 from actors.model.messages import Claimed, Transition
@@ -35,7 +34,7 @@ class LocalQueue:
     dispatch_after_outcome = True  # the slot is free the moment the outcome arrives
 
     def __init__(self, *, aging_s: float, share: FairShare, clock: Clock,
-                 registry: pykka.ActorRef[Any], metrics: JobMetrics) -> None:
+                 registry: RegistryOutbox, metrics: JobMetrics) -> None:
         self.clock = clock
         self.registry = registry
         self.metrics = metrics

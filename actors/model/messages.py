@@ -106,6 +106,17 @@ class RecordResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordBatch:
+    """Several ``Transition``/``RecordResult`` of one Dispatcher step, in order (tell).
+
+    One message where each would be one (an outcome and the start of the next job
+    travel together), written in one store transaction where the store has them.
+    """
+
+    messages: tuple[Transition | RecordResult, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RequeueFailed:
     """Give a failed job a fresh attempt budget and queue it again (ask)."""
 

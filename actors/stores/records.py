@@ -17,12 +17,13 @@ on. Two implementations, one interface (``JobRecords``):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sqlite3
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from actors.model.errors import DuplicateJob, QueueError, StoreUnavailable
@@ -108,6 +109,11 @@ class JobRecords(ABC):
     def record_result(self, job_id: str, result: Any) -> None:
         """Keep a processed job's result before it is stored in Supabase."""
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Write the changes made inside together, where the store can (default: one by one)."""
+        yield
+
     @property
     def pending(self) -> int:
         """Changes applied here but not written to the store yet (default: none)."""
@@ -151,6 +157,10 @@ class LocalRecords(JobRecords):
         self.store_failures = 0
         self._flush_delay_s = FLUSH_FIRST_S
         self._flush_pending = False
+        # While a batch is open: the versions written in its transaction (job id -> job),
+        # and whether a write of it failed (its transaction is then rolled back whole).
+        self._batch: dict[str, Job] | None = None
+        self._batch_broken = False
 
     def open(self) -> None:
         """Rebuild the counts, the sequence and the indexes from the store."""
@@ -189,7 +199,9 @@ class LocalRecords(JobRecords):
         return job
 
     def current(self, job_id: str) -> Job | None:
-        """Parked (not written yet) or stored."""
+        """Written in the open batch, parked (not written yet) or stored."""
+        if self._batch is not None and job_id in self._batch:
+            return self._batch[job_id]  # the transaction may be rolled back already
         parked = self.parked.get(job_id)
         return parked if parked is not None else self.store.get(job_id)
 
@@ -217,6 +229,43 @@ class LocalRecords(JobRecords):
         job = self.current(job_id)
         if job is not None and job.state == JobState.PROCESSING:
             self._write(job.replace(result=result))
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the writes made inside share one store transaction.
+
+        Nothing is lost when it fails: every change of the batch is parked (applied
+        here, written again on the flush timer), exactly as a single failed write is.
+        Without a store transaction (the memory store), or while changes are parked
+        (they are written first, in order), writes go one by one.
+        """
+        begin = getattr(self.store, "batch", None)
+        if begin is None or self.parked or self._batch is not None:
+            yield
+            return
+        self._batch, self._batch_broken = {}, False
+        failure: BaseException | None = None
+        try:
+            with begin():
+                yield
+                if self._batch_broken:
+                    raise _RolledBack
+        except _RolledBack:
+            pass  # a write of it failed (and was logged)
+        except STORE_FAILURES as exc:  # the commit itself failed
+            self._batch_broken, failure = True, exc
+        except BaseException:
+            self._batch_broken = True
+            raise
+        finally:
+            written, self._batch = self._batch, None
+            if self._batch_broken:
+                for job_id, job in written.items():
+                    self.parked.setdefault(job_id, job)
+                self._schedule_flush()
+        if failure is not None:
+            self._failed("committing a batch of job changes", failure)
+        self._wrote()
 
     @property
     def pending(self) -> int:
@@ -266,14 +315,22 @@ class LocalRecords(JobRecords):
         if job.id in self.parked:  # an older version waits: keep one, the newest
             self.parked[job.id] = job
             return
+        if self._batch is not None:
+            self._batch[job.id] = job
+            if self._batch_broken:
+                return  # its transaction is rolled back at the end of the batch: parked then
         try:
             self.store.update(job)
         except STORE_FAILURES as exc:
-            self.parked[job.id] = job
+            if self._batch is not None:
+                self._batch_broken = True
+            else:
+                self.parked[job.id] = job
+                self._schedule_flush()
             self._failed(f"writing job {job.id}", exc)
-            self._schedule_flush()
             return
-        self._wrote()
+        if self._batch is None:
+            self._wrote()
 
     def _wrote(self) -> None:
         """A write succeeded: once nothing is parked, the store is healthy again."""
@@ -295,6 +352,10 @@ class LocalRecords(JobRecords):
             logger.error("job store failed %s: %s (%d change(s) parked; new jobs refused until"
                          " it takes writes again)", what, reason, len(self.parked))
         self.store_error = reason
+
+
+class _RolledBack(Exception):
+    """A write of a batch failed: its transaction is rolled back and its changes parked."""
 
 
 def records_for(store: JobStore, *, clock: Clock,

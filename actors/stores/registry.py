@@ -57,6 +57,7 @@ from actors.model.messages import (
     Inspect,
     ListJobs,
     PurgeExpired,
+    RecordBatch,
     RecordResult,
     RequeueFailed,
     SetAdmission,
@@ -133,6 +134,12 @@ class JobRegistry(TrackedActor):
 
     def _route(self, message: Any) -> Any:
         match message:
+            case RecordBatch(messages=messages):
+                # One Dispatcher step's moves: one store transaction (group commit) where
+                # the records have one; each move still fails on its own.
+                with self.records.batch():
+                    for move in messages:
+                        self.on_receive(move)
             case AddJob(job=job, reply=reply, ticket=ticket):
                 if ticket is not None and not ticket.start_storing():
                     return None  # its submitter gave up: nothing is stored, as it was told
