@@ -133,6 +133,8 @@ class InstanceLimiter:
         default_factory=lambda: {kind: _Baseline() for kind in JobKind})
     ratios: dict[JobKind, float] = field(default_factory=dict)
     cuts: int = 0
+    # ``current``, kept as the limit moves: the Dispatcher asks for it several times a job.
+    _whole: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.limit <= 0:
@@ -144,12 +146,16 @@ class InstanceLimiter:
             self.limit = float(max(self.config.floor, min(self.config.max_limit, start)))
             self.reason = ("start: the operator minimum" if self.config.initial_limit is None
                            else "start: QUEUE_ADAPTIVE_INITIAL_CONCURRENCY")
+        self._whole = self._rounded()
 
     # --- what it allows ------------------------------------------------------------
 
     @property
     def current(self) -> int:
         """The limit in whole calls (rounded down: never above what was earned)."""
+        return self._whole
+
+    def _rounded(self) -> int:
         return max(self.config.floor, min(self.config.max_limit, math.floor(self.limit)))
 
     def kind_limit(self, kind: JobKind, *, video_held: bool = False) -> int:
@@ -216,6 +222,7 @@ class InstanceLimiter:
         c = self.config
         before = self.current
         self.limit = max(float(c.floor), min(float(c.max_limit), value))
+        self._whole = self._rounded()
         if self.current != before:
             self.reason, self.moved_at = why, now
 

@@ -74,9 +74,12 @@ class LocalQueue:
         it before any video, however long the video has waited. The job returned is
         ``processing`` with its attempt counted, the move told to the registry.
         """
+        waiting = [kind for kind in JobKind
+                   if self.waiting_jobs.count(kind) and not self.paused[kind]]
+        if not waiting:
+            return []  # the room is asked only when a job could use it (it costs)
         free = room()
-        kinds = [kind for kind, n in free.items()
-                 if n > 0 and not self.paused[kind] and self.waiting_jobs.count(kind)]
+        kinds = [kind for kind in waiting if free.get(kind, 0) > 0]
         if qa_first and JobKind.QA in kinds:
             kinds = [JobKind.QA]
         if not kinds:

@@ -40,38 +40,43 @@ class JobMetrics:
         self.abandoned_ended = Counter(
             "qudemo_calls_abandoned_ended", "Abandoned calls that ended (answered or cut at the"
             " hold); their slot is free again.", ["kind"], registry=self.registry)
-        for kind in JobKind:  # expose zeros from the start, so rates work at once
-            self.submitted.labels(kind.value)
-            self.abandoned.labels(kind.value)
-            self.abandoned_ended.labels(kind.value)
-            self.retried.labels(kind.value)
-            for state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
-                self.finished.labels(kind.value, state.value)
+        # Each series' child, bound once (a labels() lookup costs more than the inc); bound
+        # from the start, so the zeros are exposed and rates work at once.
+        self._submitted = {kind: self.submitted.labels(kind.value) for kind in JobKind}
+        self._abandoned = {kind: self.abandoned.labels(kind.value) for kind in JobKind}
+        self._abandoned_ended = {kind: self.abandoned_ended.labels(kind.value)
+                                 for kind in JobKind}
+        self._retried = {kind: self.retried.labels(kind.value) for kind in JobKind}
+        self._finished = {(kind, state): self.finished.labels(kind.value, state.value)
+                          for kind in JobKind
+                          for state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)}
+        self._durations = {kind: self.attempt_duration.labels(kind.value) for kind in JobKind}
+        self._waits = {kind: self.queue_wait.labels(kind.value) for kind in JobKind}
 
     def job_submitted(self, kind: JobKind) -> None:
         """Count an accepted job."""
-        self.submitted.labels(kind.value).inc()
+        self._submitted[kind].inc()
 
     def job_finished(self, kind: JobKind, state: JobState) -> None:
         """Count a job reaching ``state``."""
-        self.finished.labels(kind.value, state.value).inc()
+        self._finished[kind, state].inc()
 
     def attempt_retried(self, kind: JobKind) -> None:
         """Count a failed attempt that will be retried."""
-        self.retried.labels(kind.value).inc()
+        self._retried[kind].inc()
 
     def attempt_ended(self, kind: JobKind, duration_s: float) -> None:
         """Record how long an attempt took."""
-        self.attempt_duration.labels(kind.value).observe(duration_s)
+        self._durations[kind].observe(duration_s)
 
     def attempt_started(self, kind: JobKind, waited_s: float) -> None:
         """Record how long a job waited before this attempt started."""
-        self.queue_wait.labels(kind.value).observe(max(0.0, waited_s))
+        self._waits[kind].observe(max(0.0, waited_s))
 
     def call_abandoned(self, kind: JobKind) -> None:
         """Count a call abandoned at its deadline (it keeps its slot)."""
-        self.abandoned.labels(kind.value).inc()
+        self._abandoned[kind].inc()
 
     def abandoned_call_ended(self, kind: JobKind) -> None:
         """Count an abandoned call that ended, freeing its slot."""
-        self.abandoned_ended.labels(kind.value).inc()
+        self._abandoned_ended[kind].inc()

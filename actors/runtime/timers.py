@@ -95,7 +95,8 @@ class TimerService:
         with self._cond:
             if not self._stopped:
                 heapq.heappush(self._heap, entry)
-                self._cond.notify_all()
+                if self._heap[0] is entry:  # due first: the timer thread waits too long
+                    self._cond.notify_all()
         return TimerHandle(entry, self)
 
     def _forget_cancelled(self) -> None:

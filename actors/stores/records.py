@@ -152,6 +152,11 @@ class LocalRecords(JobRecords):
         # a submission never counts rows.
         self.company_waiting: Counter[tuple[JobKind, str]] = Counter()
         self._seq = itertools.count(1)
+        # Every unfinished job as last written (or parked): a transition never reads the
+        # store back (a SQLite read and a JSON decode per move). This process is the
+        # store's only writer, so these are the stored versions; the Dispatcher holds the
+        # same objects, so they cost a dict entry each.
+        self.active: dict[str, Job] = {}
         self.parked: dict[str, Job] = {}  # job id -> newest version the store has not taken
         self.store_error: str | None = None  # the last write failure, until one succeeds
         self.store_failures = 0
@@ -167,6 +172,7 @@ class LocalRecords(JobRecords):
         self.counts = Counter(self.store.counts())
         self._seq = itertools.count(self.store.max_seq() + 1)
         for job in self.store.active():
+            self.active[job.id] = job
             if job.dedupe_key:
                 self.active_keys[job.dedupe_key] = job.id
             self._count_waiting(job, +1)
@@ -191,6 +197,7 @@ class LocalRecords(JobRecords):
         """Give the job the next sequence number and add it to the store."""
         job = job.replace(seq=next(self._seq), state=JobState.QUEUED)
         self.store.add(job)  # durability point: once this returns the job is accepted
+        self.active[job.id] = job
         self._wrote()
         self.counts[job.kind, job.state] += 1
         self._count_waiting(job, +1)
@@ -199,7 +206,10 @@ class LocalRecords(JobRecords):
         return job
 
     def current(self, job_id: str) -> Job | None:
-        """Written in the open batch, parked (not written yet) or stored."""
+        """Unfinished: as last written or parked, from memory; finished: as stored."""
+        job = self.active.get(job_id)
+        if job is not None:
+            return job
         if self._batch is not None and job_id in self._batch:
             return self._batch[job_id]  # the transaction may be rolled back already
         parked = self.parked.get(job_id)
@@ -312,6 +322,10 @@ class LocalRecords(JobRecords):
                 del self.company_waiting[key]
 
     def _write(self, job: Job) -> None:
+        if job.state in FINISHED_STATES:
+            self.active.pop(job.id, None)
+        else:
+            self.active[job.id] = job
         if job.id in self.parked:  # an older version waits: keep one, the newest
             self.parked[job.id] = job
             return

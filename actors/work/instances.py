@@ -124,10 +124,14 @@ class InstanceSet:
             instance.breaker = HALF_OPEN
 
     def _available(self, instance: ApiInstance, kind: JobKind, now: float) -> bool:
+        return self._room_at(instance, kind, now) > 0
+
+    def _room_at(self, instance: ApiInstance, kind: JobKind, now: float) -> int:
+        """Free slots for ``kind`` at an instance that takes work now; 0 where it takes none."""
         self._refresh(instance, now)
-        if instance.room(kind, now) <= 0 or (kind == JobKind.VIDEO and instance.pressure):
-            return False
-        return instance.breaker == CLOSED
+        if instance.breaker != CLOSED or (kind == JobKind.VIDEO and instance.pressure):
+            return 0
+        return max(0, instance.room(kind, now))
 
     def choose(self, kind: JobKind, now: float, avoid: str | None = None) -> ApiInstance | None:
         """Return the available instance with the most room for ``kind`` (``avoid`` last)."""
@@ -173,7 +177,7 @@ class InstanceSet:
 
     def room(self, kind: JobKind, now: float) -> int:
         """How many more jobs of ``kind`` the available instances could take now."""
-        return sum(i.room(kind, now) for i in self.instances if self._available(i, kind, now))
+        return sum(self._room_at(i, kind, now) for i in self.instances)
 
     def started(self, instance: ApiInstance, kind: JobKind) -> None:
         """Count an attempt sent to ``instance``."""
