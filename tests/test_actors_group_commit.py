@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from actors import Job, JobKind, JobState, JobSystem, Settings
 from actors.stores.sqlite import SqliteJobStore
 from tests.standin import PythonApiStandIn
+from tests.test_actors_store_faults import state_on_disk
 from tests.test_actors_support import question, wait_state, wait_until
 
 
@@ -51,12 +51,6 @@ class RecordingDisk(SqliteJobStore):
         super().update(job)
         if self._open_batch is not None:
             self._open_batch.append((job.id, job.state.value))
-
-
-def state_on_disk(path: Path, job_id: str) -> str:
-    with sqlite3.connect(path) as db:
-        (record,) = db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return str(json.loads(record)["state"])
 
 
 @pytest.fixture
